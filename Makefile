@@ -1,0 +1,37 @@
+# Both entry points set themselves up: a fresh machine needs only python3 and make.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+HYPOTHESIS_PROFILE ?= ci
+
+.PHONY: run test lint typecheck unit diagrams bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/rdscsi run
+
+test: $(STAMP) lint typecheck diagrams unit
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+diagrams: $(STAMP)
+	$(VENV)/bin/rdscsi diagrams --check
+
+unit: $(STAMP)
+	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(VENV)/bin/pytest
+
+bench: $(STAMP)
+	$(PY) bench/machines.py --json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,222 @@
+"""Cluster events fired by machine hooks, delivered through an `EventSink`.
+
+The sink is an interface: `MemorySink` keeps events for tests and, in standalone mode,
+logs them; the Kubernetes sink (events.k8s.io/v1) plugs in the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..machines.attachment import AttachmentModel
+from ..machines.connection import ConnectionModel
+from ..machines.engine import Step
+
+log = logging.getLogger("rdscsi.events")
+
+NORMAL = "Normal"
+WARNING = "Warning"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """What an event is about. The Kubernetes sink resolves volumes to their PVC."""
+
+    kind: str  # "PersistentVolume", "Node" or "Appliance"
+    name: str
+    namespace: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterEvent:
+    reason: str  # one of REASONS
+    type: str  # Normal or Warning
+    regarding: ObjectRef
+    note: str  # human message naming the volume, node or appliance
+    action: str  # what the driver did (events.k8s.io/v1 `action`)
+    related: ObjectRef | None = None  # e.g. the node an attachment concerns
+
+
+class EventSink(Protocol):
+    def emit(self, event: ClusterEvent) -> None: ...
+
+
+class MemorySink:
+    """Keeps the most recent events (bounded) and optionally logs each one."""
+
+    def __init__(self, maxlen: int = 10_000, log_events: bool = False) -> None:
+        self.events: deque[ClusterEvent] = deque(maxlen=maxlen)
+        self._log = log_events
+
+    def emit(self, event: ClusterEvent) -> None:
+        self.events.append(event)
+        if self._log:
+            level = logging.WARNING if event.type == WARNING else logging.INFO
+            log.log(
+                level,
+                "%s %s/%s: %s",
+                event.reason,
+                event.regarding.kind,
+                event.regarding.name,
+                event.note,
+            )
+
+    def reasons(self) -> list[str]:
+        return [e.reason for e in self.events]
+
+
+def _volume(step: Step) -> AttachmentModel:
+    model = step.model
+    assert isinstance(model, AttachmentModel)
+    return model
+
+
+def _pv(name: str) -> ObjectRef:
+    return ObjectRef("PersistentVolume", name)
+
+
+def _node(name: str | None) -> ObjectRef | None:
+    return ObjectRef("Node", name) if name else None
+
+
+class EventListener:
+    """Turns hook names that are event reasons into `ClusterEvent`s on a sink."""
+
+    def __init__(self, sink: EventSink) -> None:
+        self.sink = sink
+
+    def _attachment(
+        self,
+        step: Step,
+        reason: str,
+        type_: str,
+        action: str,
+        note: Callable[[AttachmentModel, str], str],
+    ) -> None:
+        vol = _volume(step)
+        node = getattr(step.payload, "node", "") or ""
+        self.sink.emit(
+            ClusterEvent(
+                reason, type_, _pv(vol.volume_id), note(vol, node), action, _node(node or vol.node)
+            )
+        )
+
+    def VolumeAttached(self, step: Step) -> None:
+        self._attachment(
+            step,
+            "VolumeAttached",
+            NORMAL,
+            "Attach",
+            lambda v, n: f"volume {v.volume_id} attached to node {n}",
+        )
+
+    def VolumeDetached(self, step: Step) -> None:
+        self._attachment(
+            step,
+            "VolumeDetached",
+            NORMAL,
+            "Detach",
+            lambda v, n: f"volume {v.volume_id} detached from node {n}",
+        )
+
+    def AttachmentConflict(self, step: Step) -> None:
+        self._attachment(
+            step,
+            "AttachmentConflict",
+            WARNING,
+            "RefuseAttach",
+            lambda v, n: (
+                f"volume {v.volume_id} refused for node {n}: held by "
+                f"{', '.join(v.nodes)} ({step.source}); a single-node volume is never on two nodes"
+            ),
+        )
+
+    def MigrationStarted(self, step: Step) -> None:
+        self._attachment(
+            step,
+            "MigrationStarted",
+            NORMAL,
+            "Migrate",
+            lambda v, n: f"volume {v.volume_id} migrating from node {v.node} to node {v.peer}",
+        )
+
+    def MigrationCompleted(self, step: Step) -> None:
+        self._attachment(
+            step,
+            "MigrationCompleted",
+            NORMAL,
+            "Migrate",
+            lambda v, n: f"volume {v.volume_id} migration completed: now on node {v.node}",
+        )
+
+    def MigrationFailed(self, step: Step) -> None:
+        why = {
+            "unpublish": "target detached",
+            "node_lost": "a node was lost",
+            "reconcile": "deadline passed",
+        }.get(step.event, step.event)
+        self._attachment(
+            step,
+            "MigrationFailed",
+            WARNING,
+            "Migrate",
+            lambda v, n: f"volume {v.volume_id} migration failed ({why}): stays on node {v.node}",
+        )
+
+    def StaleAttachmentCleared(self, step: Step) -> None:
+        vol = _volume(step)
+        node = getattr(step.payload, "node", "") or ""
+        since = step.previous_entered_at
+        self.sink.emit(
+            ClusterEvent(
+                "StaleAttachmentCleared",
+                WARNING,
+                _pv(vol.volume_id),
+                f"volume {vol.volume_id} released from node {node}: node deleted or out of "
+                f"service, stale for {step.now - since:.0f}s",
+                "Detach",
+                _node(node),
+            )
+        )
+
+    def _appliance(self, step: Step, reason: str, type_: str, note: str) -> None:
+        conn = step.model
+        assert isinstance(conn, ConnectionModel)
+        self.sink.emit(
+            ClusterEvent(
+                reason,
+                type_,
+                ObjectRef("Appliance", conn.address),
+                f"RDS {conn.address}: {note}",
+                "Connect",
+            )
+        )
+
+    def RDSDisconnected(self, step: Step) -> None:
+        why = "driver stopping" if step.event == "close" else "connection lost"
+        self._appliance(step, "RDSDisconnected", WARNING, f"disconnected ({why})")
+
+    def RDSReconnected(self, step: Step) -> None:
+        conn = step.model
+        assert isinstance(conn, ConnectionModel)
+        down = "" if conn.lost_at is None else f" after {step.now - conn.lost_at:.1f}s"
+        self._appliance(step, "RDSReconnected", NORMAL, f"reconnected{down}")
+
+
+REASONS = frozenset(
+    {
+        "VolumeAttached",
+        "VolumeDetached",
+        "AttachmentConflict",
+        "MigrationStarted",
+        "MigrationCompleted",
+        "MigrationFailed",
+        "StaleAttachmentCleared",
+        "RDSDisconnected",
+        "RDSReconnected",
+    }
+)

@@ -1,0 +1,155 @@
+"""Prometheus series recorded from machine transitions.
+
+Per machine: `rds_csi_<machine>_state{state}` (objects in each state),
+`rds_csi_fsm_transitions_total{machine,source,target,event}` and
+`rds_csi_fsm_time_in_state_seconds{machine,state}` (observed when a state is left).
+From named hooks: appliance reconnects and stale-attachment clearing.
+Label children are cached so a transition costs a few dictionary look-ups.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from ..machines.connection import ConnectionModel
+from ..machines.engine import FSMModel, MachineDef, Step
+
+RECONNECT_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+TIME_IN_STATE_BUCKETS = (0.01, 0.1, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0)
+
+
+class MachineMetrics:
+    """Owns the series; one per registry, shared by the listeners of every machine."""
+
+    def __init__(self, machines: list[MachineDef], registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = registry
+        self.state: dict[str, Gauge] = {}
+        for d in machines:
+            g = Gauge(
+                f"rds_csi_{d.name}_state",
+                f"{d.name} machines in each state",
+                ["state"],
+                registry=registry,
+            )
+            for s in d.states:
+                g.labels(s).set(0)  # every state is visible at 0, not absent
+            self.state[d.name] = g
+        self.transitions = Counter(
+            "rds_csi_fsm_transitions_total",
+            "State machine transitions taken",
+            ["machine", "source", "target", "event"],
+            registry=registry,
+        )
+        self.time_in_state = Histogram(
+            "rds_csi_fsm_time_in_state_seconds",
+            "Time spent in a state before leaving it",
+            ["machine", "state"],
+            buckets=TIME_IN_STATE_BUCKETS,
+            registry=registry,
+        )
+        self.connection_state = Gauge(
+            "rds_csi_rds_connection_state",
+            "1 while the appliance connection is up, else 0",
+            ["appliance"],
+            registry=registry,
+        )
+        self.reconnects = Counter(
+            "rds_csi_rds_reconnect_total",
+            "Reconnect attempts to the appliance by outcome",
+            ["status"],
+            registry=registry,
+        )
+        for status in ("success", "failure"):
+            self.reconnects.labels(status)
+        self.reconnect_duration = Histogram(
+            "rds_csi_rds_reconnect_duration_seconds",
+            "From losing the appliance connection to having it back",
+            buckets=RECONNECT_BUCKETS,
+            registry=registry,
+        )
+        self.stale_cleared = Counter(
+            "rds_csi_attachment_stale_cleared_total",
+            "Stale attachments released after evidence and the grace period",
+            registry=registry,
+        )
+        self.reconcile_actions = Counter(
+            "rds_csi_attachment_reconcile_total",
+            "Attachment changes made by the reconciler, by action",
+            ["action"],
+            registry=registry,
+        )
+        for action in RECONCILE_ACTIONS.values():
+            self.reconcile_actions.labels(action)
+
+
+# Hook name -> reconcile action label.
+RECONCILE_ACTIONS = {
+    "marked_stale": "mark_stale",
+    "recovered": "recover",
+    "stale_cleared": "clear_stale",
+}
+
+
+class MetricsListener:
+    """Records the per-machine series and the hook-driven ones for one machine."""
+
+    def __init__(self, metrics: MachineMetrics, machine: MachineDef) -> None:
+        self.m = metrics
+        self.machine = machine.name
+        gauge = metrics.state[machine.name]
+        self._state = {s: gauge.labels(s) for s in machine.states}
+        self._edges: dict[int, Any] = {
+            t.index: metrics.transitions.labels(machine.name, t.source, t.target, t.event)
+            for t in machine.transitions
+        }
+        self._tis = {s: metrics.time_in_state.labels(machine.name, s) for s in machine.states}
+        self._actions = {
+            h: metrics.reconcile_actions.labels(a) for h, a in RECONCILE_ACTIONS.items()
+        }
+        self._success = metrics.reconnects.labels("success")
+        self._failure = metrics.reconnects.labels("failure")
+
+    # lifecycle of tracked objects
+    def on_track(self, machine: str, model: FSMModel) -> None:
+        self._state[model.state or ""].inc()
+        if isinstance(model, ConnectionModel):
+            self._connection(model)
+
+    def on_forget(self, machine: str, model: FSMModel) -> None:
+        self._state[model.state or ""].dec()
+
+    def after_transition(self, step: Step) -> None:
+        tr = step.transition
+        self._edges[tr.index].inc()
+        if tr.source != tr.target:
+            self._state[tr.source].dec()
+            self._state[tr.target].inc()
+            self._tis[tr.source].observe(max(0.0, step.now - step.previous_entered_at))
+            if isinstance(step.model, ConnectionModel):
+                self._connection(step.model)
+
+    def _connection(self, model: ConnectionModel) -> None:
+        up = 1 if model.state == "connected" else 0
+        self.m.connection_state.labels(model.address).set(up)
+
+    # named hooks
+    def reconnect_succeeded(self, step: Step) -> None:
+        self._success.inc()
+        model = step.model
+        if isinstance(model, ConnectionModel) and model.lost_at is not None:
+            self.m.reconnect_duration.observe(max(0.0, step.now - model.lost_at))
+
+    def reconnect_failed(self, step: Step) -> None:
+        self._failure.inc()
+
+    def marked_stale(self, step: Step) -> None:
+        self._actions["marked_stale"].inc()
+
+    def recovered(self, step: Step) -> None:
+        self._actions["recovered"].inc()
+
+    def stale_cleared(self, step: Step) -> None:
+        self._actions["stale_cleared"].inc()
+        self.m.stale_cleared.inc()

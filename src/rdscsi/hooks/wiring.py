@@ -1,0 +1,50 @@
+"""Builds the three engines with their listeners: the one place hooks meet machines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from ..clock import Clock
+from ..machines import MACHINES, AttachmentMachine, ConnectionMachine, NodeMachine
+from ..machines.engine import Engine, compile_machine
+from .events import EventListener, EventSink
+from .metrics import MachineMetrics, MetricsListener
+from .triggers import Reconciler, TriggerListener
+
+
+@dataclass(frozen=True)
+class Machines:
+    connection: Engine
+    node: Engine
+    attachment: Engine
+    metrics: MachineMetrics
+
+
+def build_machines(
+    clock: Clock,
+    sink: EventSink,
+    trigger: Reconciler | Callable[[str], None],
+    registry: CollectorRegistry = REGISTRY,
+    extra_listeners: Iterable[object] = (),
+) -> Machines:
+    """Engines sharing one set of listeners: metrics, cluster events, reconcile triggers."""
+    defs = [compile_machine(c) for c in MACHINES]
+    metrics = MachineMetrics(defs, registry)
+    events = EventListener(sink)
+    triggers = TriggerListener(trigger)
+    extra = tuple(extra_listeners)
+
+    def engine(cls: type) -> Engine:
+        d = compile_machine(cls)
+        listeners = (MetricsListener(metrics, d), events, triggers, *extra)
+        return Engine(d, listeners, clock.monotonic)
+
+    return Machines(
+        connection=engine(ConnectionMachine),
+        node=engine(NodeMachine),
+        attachment=engine(AttachmentMachine),
+        metrics=metrics,
+    )
