@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from rdscsi.machines import AttachInput, AttachmentModel, TransitionNotAllowed, compile_machine
 from rdscsi.machines.attachment import AttachmentMachine
@@ -221,6 +227,26 @@ class AttachmentModelTest(RuleBasedStateMachine):
 
     @rule(vol=st.sampled_from(VOLUMES), evidence=st.booleans())
     def reconcile(self, vol: str, evidence: bool) -> None:
+        self._apply(vol, "reconcile", self.models[vol].node or "", ev=evidence)
+
+    @precondition(lambda self: any(m.state == "migrating" for m in self.models.values()))
+    @rule(late=st.sampled_from([-0.001, 0.0, 1.0]))
+    def migration_deadline(self, late: float) -> None:
+        # jump to just before, at, or after a migration's deadline, then reconcile it
+        vol = next(v for v, m in self.models.items() if m.state == "migrating")
+        deadline = self.models[vol].deadline
+        assert deadline is not None
+        self.rig.clock.advance(max(0.0, deadline + late - self._now()))
+        self._apply(vol, "reconcile", self.models[vol].node or "")
+
+    @precondition(lambda self: any(m.state == "stale" for m in self.models.values()))
+    @rule(late=st.sampled_from([-0.001, 0.0, 1.0]), evidence=st.booleans())
+    def grace_boundary(self, late: float, evidence: bool) -> None:
+        # jump to just before, at, or after a stale attachment's grace, then reconcile it
+        vol = next(v for v, m in self.models.items() if m.state == "stale")
+        since = self.models[vol].stale_since
+        assert since is not None
+        self.rig.clock.advance(max(0.0, since + GRACE + late - self._now()))
         self._apply(vol, "reconcile", self.models[vol].node or "", ev=evidence)
 
     @rule(dt=st.sampled_from([0.0, 1.0, 10.0, 29.0, 29.999, 30.0, 31.0, 120.0, 301.0]))

@@ -39,7 +39,7 @@ def build_machines(
 
     def engine(cls: type) -> Engine:
         d = compile_machine(cls)
-        listeners = (MetricsListener(metrics, d), events, triggers, *extra)
+        listeners = (MetricsListener(metrics, d), *extra, events, triggers)
         return Engine(d, listeners, clock.monotonic)
 
     return Machines(

@@ -1,0 +1,190 @@
+"""Failures of the RDS adapter, one type per class of failure, and the classifier for
+device error output.
+
+The device prints its errors on stdout (exit status is not reliable), so every reply is
+passed through :func:`classify` before it is parsed. Each type's docstring names the gRPC
+code the CSI layer should answer with; :data:`GRPC_CODE_NAME` holds the same mapping.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rdscsi.io.rds.commands import Command
+
+# Long values and outputs are cut in messages: messages end up in logs and gRPC details.
+_VALUE_EXCERPT = 80
+_OUTPUT_EXCERPT = 200
+
+
+def _excerpt(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"...(+{len(text) - limit} chars)"
+
+
+class RDSError(Exception):
+    """Base of every adapter failure; unmapped subclasses map to INTERNAL."""
+
+    def __init__(
+        self, detail: str, *, command: Command | None = None, device_text: str | None = None
+    ) -> None:
+        self.detail = detail
+        self.command = command
+        # The exact line the device printed, when the failure came from the device.
+        self.device_text = device_text
+        prefix = f"{command.describe()}: " if command is not None else ""
+        super().__init__(prefix + detail)
+
+    def __reduce__(self) -> tuple[Callable[..., RDSError], tuple[object, ...]]:
+        # Subclasses have their own constructor signatures, so pickling and copying
+        # rebuild from the attributes rather than by calling the constructor with args.
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild(cls: type[RDSError], args: tuple[object, ...], state: dict[str, object]) -> RDSError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
+class NotFoundError(RDSError):
+    """The item does not exist (`failure: no such item`): NOT_FOUND."""
+
+
+class AlreadyExistsError(RDSError):
+    """The slot or file already exists (`failure: file already exists`): ALREADY_EXISTS."""
+
+
+class NotEnoughSpaceError(RDSError):
+    """The pool cannot hold the requested size (`failure: not enough space`): RESOURCE_EXHAUSTED."""
+
+
+class CommandSyntaxError(RDSError):
+    """The device rejected the command line itself (a driver bug): INTERNAL."""
+
+
+class TransportLostError(RDSError):
+    """The SSH connection or channel failed mid-command (outcome unknown): UNAVAILABLE."""
+
+
+class CommandTimeoutError(RDSError):
+    """No complete reply within the per-command timeout (outcome unknown): DEADLINE_EXCEEDED."""
+
+    def __init__(self, timeout_s: float, *, command: Command | None = None) -> None:
+        self.timeout_s = timeout_s
+        super().__init__(f"no complete reply within {timeout_s:g}s", command=command)
+
+
+class UnparseableOutputError(RDSError):
+    """The reply matched no known output shape: INTERNAL."""
+
+    def __init__(self, reason: str, output: str, *, command: Command | None = None) -> None:
+        self.reason = reason
+        self.excerpt = _excerpt(output, _OUTPUT_EXCERPT)
+        super().__init__(f"unparseable output ({reason}): {self.excerpt!r}", command=command)
+
+
+class InUseError(RDSError):
+    """The disk is busy (`failure: disk is in use`): FAILED_PRECONDITION."""
+
+
+class ApplianceFailureError(RDSError):
+    """Any other `failure: <text>` the device printed: INTERNAL."""
+
+
+class UnavailableError(RDSError):
+    """No connection to the device right now, nothing was sent: UNAVAILABLE."""
+
+
+class InvalidValueError(RDSError):
+    """A value failed its allowlist before any command was built: INVALID_ARGUMENT."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        shown = _excerpt(repr(value), _VALUE_EXCERPT)
+        super().__init__(f"invalid {field} {shown}: {reason}")
+
+
+GRPC_CODE_NAME: dict[type[RDSError], str] = {
+    RDSError: "INTERNAL",
+    NotFoundError: "NOT_FOUND",
+    AlreadyExistsError: "ALREADY_EXISTS",
+    NotEnoughSpaceError: "RESOURCE_EXHAUSTED",
+    CommandSyntaxError: "INTERNAL",
+    TransportLostError: "UNAVAILABLE",
+    CommandTimeoutError: "DEADLINE_EXCEEDED",
+    UnparseableOutputError: "INTERNAL",
+    InUseError: "FAILED_PRECONDITION",
+    ApplianceFailureError: "INTERNAL",
+    UnavailableError: "UNAVAILABLE",
+    InvalidValueError: "INVALID_ARGUMENT",
+}
+
+
+def grpc_code_name(error: RDSError) -> str:
+    """The gRPC code name for ``error``, via its nearest mapped class (subclasses included)."""
+    codes: dict[type, str] = dict(GRPC_CODE_NAME)
+    for cls in type(error).__mro__:
+        code = codes.get(cls)
+        if code is not None:
+            return code
+    return "INTERNAL"
+
+
+# Lines the CLI prints when it rejects the command line before running it. Anchored at the
+# start of a line so that a value merely containing these words is never taken as an error.
+_SYNTAX_LINE = re.compile(
+    r"^(?:bad command name\b|syntax error\b|expected end of command\b|expected command name\b"
+    r"|invalid (?:parameter|value|argument)\b|missing value|unknown parameter\b"
+    r"|input does not match\b|value of .* out of range\b|ambiguous value\b)",
+    re.IGNORECASE,
+)
+_FAILURE_LINE = re.compile(r"^failure:\s*(?P<text>.*)$", re.IGNORECASE)
+# Printed without a `failure:` prefix by some commands.
+_BARE_NOT_FOUND = re.compile(r"^no such item\b", re.IGNORECASE)
+_BARE_FAILURE = re.compile(r"^(?:interrupted\b|action timed out\b)", re.IGNORECASE)
+
+
+def _classify_failure(text: str) -> type[RDSError]:
+    lowered = text.lower()
+    if "no such" in lowered or "not found" in lowered:
+        return NotFoundError
+    if "not enough space" in lowered or "no space" in lowered or "disk full" in lowered:
+        return NotEnoughSpaceError
+    # Before "in use": "slot already in use" means the name is taken, not the disk busy.
+    if "already" in lowered or "exists" in lowered:
+        return AlreadyExistsError
+    if "in use" in lowered or "busy" in lowered:
+        return InUseError
+    if "invalid parameter" in lowered or "invalid value" in lowered:
+        return CommandSyntaxError
+    return ApplianceFailureError
+
+
+def classify(output: str, command: Command | None = None) -> RDSError | None:
+    """The error the device reported in ``output``, or None if it reported none.
+
+    Errors may follow other output, so every line is examined; the first error line wins.
+    """
+    for raw_line in output.splitlines():
+        line = raw_line.strip()
+        if not line:
+            continue
+        failure = _FAILURE_LINE.match(line)
+        if failure is not None:
+            cls = _classify_failure(failure.group("text"))
+            return cls(line, command=command, device_text=line)
+        if _SYNTAX_LINE.match(line):
+            return CommandSyntaxError(line, command=command, device_text=line)
+        if _BARE_NOT_FOUND.match(line):
+            return NotFoundError(line, command=command, device_text=line)
+        if _BARE_FAILURE.match(line):
+            return ApplianceFailureError(line, command=command, device_text=line)
+    return None

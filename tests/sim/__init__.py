@@ -1,0 +1,1 @@
+"""Tests of the RDS simulator (`rdscsi.sim`)."""
