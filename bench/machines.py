@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import time
 import tracemalloc
 from typing import Any
 
+from _report import report
 from prometheus_client import CollectorRegistry
 
 from rdscsi.clock import ManualClock
 from rdscsi.hooks.events import MemorySink
 from rdscsi.hooks.wiring import build_machines
-from rdscsi.machines import AttachInput, AttachmentMachine, AttachmentModel
+from rdscsi.machines import AttachInput, AttachmentMachine, AttachmentModel, compile_machine
 
 VOLUMES = 10_000
 NODES = 1_000
@@ -90,29 +90,8 @@ def events_per_s(n_events: int) -> float:
 def library_events_per_s(n_events: int) -> float:
     """The same cycle through python-statemachine's own engine, one instance per volume."""
 
-    class Sink:
-        def __getattr__(self, name: str) -> Any:
-            return lambda *a, **k: None
-
-    hooks = type(
-        "Hooks",
-        (),
-        {
-            h: (lambda self: None)
-            for h in (
-                "VolumeAttached",
-                "VolumeDetached",
-                "AttachmentConflict",
-                "MigrationStarted",
-                "MigrationCompleted",
-                "MigrationFailed",
-                "StaleAttachmentCleared",
-                "stale_cleared",
-                "marked_stale",
-                "recovered",
-            )
-        },
-    )
+    names = compile_machine(AttachmentMachine).hook_names
+    hooks = type("Hooks", (), {h: (lambda self: None) for h in names})
     machines = [
         AttachmentMachine(model=AttachmentModel(f"pvc-{i}"), listeners=[hooks()])
         for i in range(100)
@@ -148,11 +127,7 @@ def main() -> None:
     lib = library_events_per_s(8_000)
     figures["library_events_per_s"] = round(lib)
     figures["speedup_vs_library"] = round(figures["events_per_s"] / lib, 1)
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for k, v in figures.items():
-            print(f"{k:24} {v}")
+    report(figures, args.json)
 
 
 if __name__ == "__main__":

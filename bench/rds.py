@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+from _report import report
 from prometheus_client import CollectorRegistry
 
 from rdscsi.clock import LoopClock
@@ -230,11 +231,7 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         figures = asyncio.run(measure(Path(tmp), args.sequential, args.concurrent_total))
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for k, v in figures.items():
-            print(f"{k:24} {v}")
+    report(figures, args.json)
 
 
 if __name__ == "__main__":

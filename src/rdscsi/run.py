@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from .hooks.log import TransitionLogger
 from .hooks.triggers import Reconciler
 from .hooks.wiring import build_machines
 from .io.rds.connection import CommandMetrics, RDSConfig, RDSConnection
+from .signals import until_stopped
 from .sim import SimConfig, Simulator
 from .sim.control import CONTROL_SOCKET, ControlServer
 from .sim.main import ensure_client_key
@@ -96,14 +96,9 @@ async def run(options: RunOptions, stop: asyncio.Event | None = None) -> int:
     print(f"rdscsi run: try `rdscsi sim-fault --data-dir {sim_dir} drop` to watch a reconnect")
     print("rdscsi run: Ctrl-C to stop", flush=True)
 
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     try:
-        await stop.wait()
+        await until_stopped(stop)
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
         await reconciler.stop()
         await rds.close()
         await control.stop()

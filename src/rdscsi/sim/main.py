@@ -6,13 +6,13 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
+from rdscsi.signals import until_stopped
 from rdscsi.sim import control
 from rdscsi.sim.render import RENDERS
 from rdscsi.sim.simulator import SimConfig, Simulator
@@ -130,15 +130,9 @@ async def _serve(args: argparse.Namespace) -> int:
     print(f"authorized keys: {authorized}")
     print(f"control socket: {ctl.path}")
     print(f"endpoint: {data_dir / ENDPOINT_NAME}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
         await ctl.stop()
         await sim.stop()
         (data_dir / ENDPOINT_NAME).unlink(missing_ok=True)
