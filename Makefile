@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: run test lint typecheck unit diagrams bench clean
+.PHONY: run test lint typecheck unit diagrams proto proto-check bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/rdscsi run
 
-test: $(STAMP) lint typecheck diagrams unit
+test: $(STAMP) lint typecheck diagrams proto-check unit
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
@@ -26,6 +26,13 @@ typecheck: $(STAMP)
 
 diagrams: $(STAMP)
 	$(VENV)/bin/rdscsi diagrams --check
+
+# The CSI protocol modules are committed protoc output: check they match csi.proto.
+proto-check: $(STAMP)
+	$(PY) -m rdscsi.csi.generate --check
+
+proto: $(STAMP)
+	$(PY) -m rdscsi.csi.generate
 
 unit: $(STAMP)
 	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(VENV)/bin/pytest

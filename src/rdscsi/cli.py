@@ -32,7 +32,48 @@ def _run(args: argparse.Namespace) -> int:
 
     from .run import RunOptions, run
 
-    return asyncio.run(run(RunOptions(Path(args.state_dir), args.metrics_address)))
+    return asyncio.run(
+        run(RunOptions(Path(args.state_dir), args.endpoint, args.metrics_address, args.node_id))
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .config import ConfigError, load
+
+    flags: dict[str, object] = {}
+    rds: dict[str, object] = {}
+    for name in ("controller", "endpoint", "node_id", "metrics_address", "name"):
+        value = getattr(args, name)
+        if value not in (None, False):
+            flags[name] = value
+    for name in ("address", "port", "user", "key_file", "known_hosts"):
+        value = getattr(args, f"rds_{name}")
+        if value is not None:
+            rds[name] = value
+    if args.rds_host_key:
+        rds["host_keys"] = args.rds_host_key
+    if args.rds_insecure_skip_host_key_check:
+        rds["insecure_skip_host_key_check"] = True
+    if rds:
+        flags["rds"] = rds
+    try:
+        config = load(args.config, flags)
+    except ConfigError as exc:
+        print(f"rdscsi serve: configuration: {exc}", file=sys.stderr)
+        return 2
+    from .serve import serve
+
+    return asyncio.run(serve(config))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .demo import demo
+
+    return asyncio.run(demo(args.endpoint, args.node_id))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,12 +88,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the driver on the built-in RDS simulator")
     p.add_argument("--state-dir", default=".rdscsi", help="where state lives (default .rdscsi)")
+    p.add_argument("--endpoint", default="", help="unix:///PATH (default <state-dir>/csi.sock)")
+    p.add_argument("--node-id", default="", help="this node's id (default: host name)")
     p.add_argument(
         "--metrics-address",
         default="127.0.0.1:9809",
         help="HOST:PORT for /metrics; empty to disable",
     )
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("serve", help="serve CSI in a cluster (production entry point)")
+    p.add_argument("--config", help="YAML file (flags and RDSCSI_* variables override it)")
+    p.add_argument("--controller", action="store_true", help="serve Identity and Controller")
+    p.add_argument("--endpoint", help="unix:///PATH of the CSI socket")
+    p.add_argument("--node-id", help="this node's id")
+    p.add_argument("--name", help="CSI plugin name (default rds.csi.mikrotik.com)")
+    p.add_argument("--metrics-address", help="HOST:PORT for /metrics")
+    p.add_argument("--rds-address", help="appliance SSH address")
+    p.add_argument("--rds-port", type=int, help="appliance SSH port (22)")
+    p.add_argument("--rds-user", help="appliance SSH user")
+    p.add_argument("--rds-key-file", help="SSH private key file")
+    p.add_argument(
+        "--rds-host-key",
+        action="append",
+        default=[],
+        help="pinned appliance host key (repeat while rotating)",
+    )
+    p.add_argument("--rds-known-hosts", help="OpenSSH known_hosts file for the appliance")
+    p.add_argument(
+        "--rds-insecure-skip-host-key-check",
+        action="store_true",
+        help="do not verify the appliance (insecure; warned at every start)",
+    )
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("demo", help="drive a volume through its life on a running endpoint")
+    p.add_argument("--endpoint", default="unix://.rdscsi/csi.sock", help="CSI endpoint")
+    p.add_argument("--node-id", default="", help="node to publish to (default: host name)")
+    p.set_defaults(func=_demo)
 
     # Listed for --help; `main` hands their arguments to rdscsi.sim.main unparsed.
     sub.add_parser("sim", help="run the RDS simulator alone (`rdscsi sim --help`)")

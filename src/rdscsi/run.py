@@ -1,28 +1,26 @@
 """`rdscsi run`: the embedded default, everything in one process with no appliance.
 
-It starts the RDS simulator (state under `--state-dir`), connects the driver's adapter to it
-through the Connection machine, serves Prometheus metrics, and logs every transition and
-cluster event, until SIGINT or SIGTERM. The simulator's fault control socket works while it
-runs (`rdscsi sim-fault --data-dir .rdscsi/sim drop`), so the reconnect machinery can be
-watched live.
+It starts the RDS simulator (state under `--state-dir`), then the CSI Identity and
+Controller services on a unix socket, connected to the simulator over real SSH through the
+Connection machine; it serves Prometheus metrics and logs every transition and cluster
+event, until SIGINT or SIGTERM. While it runs, `rdscsi demo` drives a volume through its
+life, and `rdscsi sim-fault --data-dir .rdscsi/sim drop` shows a reconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import REGISTRY, start_http_server
 
+from .app import build_controller
 from .clock import LoopClock
+from .config import ApplianceConfig, DriverConfig
 from .hooks.events import MemorySink
-from .hooks.log import TransitionLogger
-from .hooks.triggers import Reconciler
-from .hooks.wiring import build_machines
-from .io.rds.connection import CommandMetrics, RDSConfig, RDSConnection
 from .signals import until_stopped
 from .sim import SimConfig, Simulator
 from .sim.control import CONTROL_SOCKET, ControlServer
@@ -34,10 +32,12 @@ log = logging.getLogger("rdscsi.run")
 @dataclass(frozen=True)
 class RunOptions:
     state_dir: Path = Path(".rdscsi")
+    endpoint: str = ""  # default: unix://<state-dir>/csi.sock
     metrics_address: str = "127.0.0.1:9809"  # empty: no metrics endpoint
+    node_id: str = ""  # default: this host's name
 
 
-def _split_address(text: str) -> tuple[str, int]:
+def split_address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"metrics address: expected HOST:PORT, got {text!r}")
@@ -45,7 +45,6 @@ def _split_address(text: str) -> tuple[str, int]:
 
 
 async def run(options: RunOptions, stop: asyncio.Event | None = None) -> int:
-    stop = stop or asyncio.Event()
     state_dir = options.state_dir.resolve()
     sim_dir = state_dir / "sim"
     sim_dir.mkdir(parents=True, exist_ok=True)
@@ -55,52 +54,40 @@ async def run(options: RunOptions, stop: asyncio.Event | None = None) -> int:
     control = ControlServer(sim, sim_dir / CONTROL_SOCKET)
     await control.start()
 
-    clock = LoopClock()
-
-    async def reconcile_pass(reasons: frozenset[str]) -> None:
-        # The controller's attachment reconciler plugs in here; until then a pass checks
-        # that the appliance answers and reports the pool.
-        pool = await rds.run(rds.commands.pool_print())
-        log.info(
-            "reconcile pass (%s): appliance answers: %s",
-            ", ".join(sorted(reasons)),
-            pool.strip().splitlines()[0] if pool.strip() else "empty pool listing",
-        )
-
-    reconciler = Reconciler(reconcile_pass)
-    machines = build_machines(
-        clock,
-        MemorySink(log_events=True),
-        reconciler,
-        REGISTRY,
-        extra_listeners=(TransitionLogger(),),
-    )
-    rds = RDSConnection(
-        RDSConfig(
-            address=sim.host, port=sim.port, client_keys=[str(key_file)], host_keys=[sim.host_key]
+    node_id = options.node_id or socket.gethostname()
+    config = DriverConfig(
+        controller=True,
+        endpoint=options.endpoint or f"unix://{state_dir / 'csi.sock'}",
+        node_id=node_id,
+        metrics_address=options.metrics_address,
+        rds=ApplianceConfig(
+            address=sim.host,
+            port=sim.port,
+            key_file=str(key_file),
+            host_keys=[sim.host_key],
+            name="sim",
         ),
-        machines.connection,
-        clock,
-        random.Random(),
-        CommandMetrics(REGISTRY),
-    )
+        transport="loop",
+        known_nodes=[node_id],
+        state_dir=str(state_dir),
+    ).validate()
+    app = build_controller(config, LoopClock(), MemorySink(log_events=True), REGISTRY)
     if options.metrics_address:
-        host, port = _split_address(options.metrics_address)
+        host, port = split_address(options.metrics_address)
         start_http_server(port, host)
-    reconciler.start()
-    await rds.start()
+    await app.start()
 
     print(f"rdscsi run: simulator on {sim.host}:{sim.port} (data in {sim_dir})")
+    print(f"rdscsi run: CSI Identity and Controller on {config.endpoint} (node id {node_id})")
     if options.metrics_address:
         print(f"rdscsi run: metrics on http://{options.metrics_address}/metrics")
-    print(f"rdscsi run: try `rdscsi sim-fault --data-dir {sim_dir} drop` to watch a reconnect")
+    print(f"rdscsi run: try `rdscsi demo --endpoint {config.endpoint}` in another shell,")
+    print(f"            or `rdscsi sim-fault --data-dir {sim_dir} drop` to watch a reconnect")
     print("rdscsi run: Ctrl-C to stop", flush=True)
-
     try:
         await until_stopped(stop)
     finally:
-        await reconciler.stop()
-        await rds.close()
+        await app.stop()
         await control.stop()
         await sim.stop()
     print("rdscsi run: stopped", flush=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from statemachine import StateMachine
 
@@ -90,6 +90,7 @@ class FSMModel:
         return out
 
 
+M = TypeVar("M", bound=FSMModel)
 Guard = Callable[[Any, Any], Any]
 Action = Callable[[Any, Any], None]
 
@@ -284,7 +285,7 @@ class Engine:
     def name(self) -> str:
         return self.definition.name
 
-    def track(self, model: FSMModel, state: str | None = None) -> FSMModel:
+    def track(self, model: M, state: str | None = None) -> M:
         """Start tracking a model: new (initial state) or restored from a stored state."""
         if state is None:
             state = model.state if model.state is not None else self.definition.initial

@@ -224,16 +224,30 @@ class Interpreter:
 
     # --- disks -------------------------------------------------------------------------
 
-    def _disk_items(self) -> list[tuple[str, Item]]:
-        """Every `/disk` item keyed by slot; the pool comes first, as a partition."""
-        items = [(self.store.pool_name, pool_item(self.store))]
-        items.extend((slot, disk_item(disk)) for slot, disk in self.store.disks.items())
+    def _disk_items(self, conditions: tuple[Condition, ...] = ()) -> list[tuple[str, Item]]:
+        """Every `/disk` item keyed by slot; the pool comes first, as a partition.
+
+        With an exact `slot=` condition only that item is built: rendering every disk for
+        each lookup made the simulator, not the driver, the bottleneck with many volumes.
+        """
+        exact = next(
+            (c.value for c in conditions if c.name == "slot" and c.op == "=" and not c.negate),
+            None,
+        )
+        items = []
+        if exact is None or exact == self.store.pool_name:
+            items.append((self.store.pool_name, pool_item(self.store)))
+        if exact is None:
+            items.extend((slot, disk_item(disk)) for slot, disk in self.store.disks.items())
+        elif exact in self.store.disks:
+            items.append((exact, disk_item(self.store.disks[exact])))
         return items
 
     def _resolve_disks(self, ref: Value) -> list[str]:
         """Slots a reference names: `[find ...]` (may be empty) or a slot name (must exist)."""
         if ref.find is not None:
-            return [key for key, _ in _select(self._disk_items(), ref.find.conditions, DISK_KEYS)]
+            conditions = ref.find.conditions
+            return [key for key, _ in _select(self._disk_items(conditions), conditions, DISK_KEYS)]
         if ref.text == self.store.pool_name or ref.text in self.store.disks:
             return [ref.text]
         raise failure(NO_SUCH_ITEM)
@@ -324,7 +338,7 @@ class Interpreter:
 
     async def _disk_print(self, command: Command) -> Outcome:
         args = _split_args(command, (), flags=_PRINT_FLAGS)
-        items = _select(self._disk_items(), command.where or (), DISK_KEYS)
+        items = _select(self._disk_items(command.where or ()), command.where or (), DISK_KEYS)
         if "count-only" in args.flags:
             return Outcome(f"{len(items)}\n", True)
         return Outcome(render_items([item for _, item in items], self.render), True)

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,7 @@ class Store:
         self.disks: dict[str, Disk] = {}
         self.connections: list[HostConnection] = []
         self.next_connection_id = 1
+        self._used: int | None = None  # see used_bytes
         # Serialises mutations; the copy of a disk awaits a thread while holding it.
         self.lock = asyncio.Lock()
 
@@ -134,12 +135,16 @@ class Store:
     def save(self) -> None:
         state = {
             "version": STATE_VERSION,
-            "disks": [asdict(disk) for disk in self.disks.values()],
-            "connections": [asdict(conn) for conn in self.connections],
+            # Shallow copies: `asdict` deep-copies every field and dominated each save.
+            "disks": [
+                {**vars(disk), "traffic": vars(disk.traffic)} for disk in self.disks.values()
+            ],
+            "connections": [vars(conn) for conn in self.connections],
             "next_connection_id": self.next_connection_id,
         }
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        tmp.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+        # Compact: the whole state is rewritten on every change, so its size is its cost.
+        tmp.write_text(json.dumps(state, separators=(",", ":")) + "\n")
         # Rename is atomic: a reader (or a restart) sees the old or the new state, never half.
         os.replace(tmp, self.state_path)
 
@@ -169,7 +174,23 @@ class Store:
     # --- pool --------------------------------------------------------------------------
 
     def used_bytes(self) -> int:
-        """Logical size of every file in the pool: holes count, as the device reserves them."""
+        """Logical size of every file in the pool: holes count, as the device reserves them.
+
+        Counted from the files once, then kept up to date by the store's own changes (a
+        walk per allocation made the simulator slow with hundreds of volumes)."""
+        if self._used is None:
+            self._used = self._walk_used()
+        return self._used
+
+    def invalidate_usage(self) -> None:
+        """Files changed behind the store's back: count them again next time."""
+        self._used = None
+
+    def _account(self, delta: int) -> None:
+        if self._used is not None:
+            self._used += delta
+
+    def _walk_used(self) -> int:
         total = 0
         for root, _dirs, files in os.walk(self.files_root / self.pool_name):
             for name in files:
@@ -206,6 +227,7 @@ class Store:
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "xb") as handle:
             handle.truncate(disk.size)  # sparse: no blocks allocated
+        self._account(disk.size)
         self.disks[disk.slot] = disk
         self.save()
 
@@ -221,6 +243,7 @@ class Store:
             os.replace(part, target)
         finally:
             part.unlink(missing_ok=True)
+        self._account(disk.size)
         self.disks[disk.slot] = disk
         self.save()
 
@@ -232,6 +255,7 @@ class Store:
             return
         self.check_space(size - disk.size, pool_full)
         os.truncate(self.real_path(disk.file_path), size)
+        self._account(size - disk.size)
         disk.size = size
         self.save()
 
@@ -282,7 +306,9 @@ class Store:
             raise failure(DISK_IN_USE)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
+            self.invalidate_usage()
         else:
+            self._account(-path.lstat().st_size)
             path.unlink()
 
     # --- host sessions -----------------------------------------------------------------

@@ -84,6 +84,11 @@ _QUOTE_ESCAPES: Final = {
 _REGEX_META: Final = frozenset("\\.^$|?*+()[]{}")
 
 
+# What may follow a slot in the name of a backing file the driver created: nothing, or an
+# upper-case marker and its fields (see rdscsi.io.rds.volumes), then ".img".
+OWNED_SUFFIX: Final = r"(\.[A-Z][A-Za-z0-9._-]*)?\.img$"
+
+
 def quote(text: str) -> str:
     """``text`` as a RouterOS double-quoted string that reads back as exactly ``text``.
 
@@ -305,6 +310,31 @@ class CommandBuilder:
         slot = validate_slot(slot)
         line = f"/disk remove [find slot={quote(slot)}]"
         return Command("disk-remove", line, mutating=True, slot=slot)
+
+    def disk_remove_owned(self, slot: str, directory: str) -> Command:
+        """Remove the disk only if its backing file is ours: ``<directory><slot>.img`` or
+        ``<directory><slot>.<MARKER>...img``. A disk with this slot elsewhere is left alone."""
+        slot = validate_slot(slot)
+        regex = "^" + escape_regex(self._directory(directory) + slot) + OWNED_SUFFIX
+        line = f"/disk remove [find slot={quote(slot)} file-path~{quote(regex)}]"
+        return Command("disk-remove", line, mutating=True, slot=slot)
+
+    def file_remove_owned(self, slot: str, directory: str) -> Command:
+        """Remove the backing file(s) of ``slot`` under our naming scheme in ``directory``.
+
+        Slots are lower case and the scheme's markers upper case, so the pattern matches
+        this slot's files and no other slot's (``pvc-1.2.img`` is not ``pvc-1``'s)."""
+        slot = validate_slot(slot)
+        name = self._directory(directory)[1:] + slot
+        regex = "^" + escape_regex(name) + OWNED_SUFFIX
+        line = f"/file remove [find name~{quote(regex)}]"
+        return Command("file-remove", line, mutating=True, slot=slot, target=f"{name}*.img")
+
+    def _directory(self, directory: str) -> str:
+        text = self.validate_path_prefix(directory, "directory")
+        if not text.endswith("/"):
+            raise InvalidValueError("directory", directory, "must end with /")
+        return text
 
     def file_remove(self, file_path: str) -> Command:
         """Remove a backing file, given by its absolute path (file names lack the ``/``)."""

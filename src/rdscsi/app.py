@@ -1,0 +1,137 @@
+"""Assembles the controller: machines, appliance connection, volume store, attachments,
+reconciler and the CSI server. `rdscsi serve` and `rdscsi run` both start one of these."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from .clock import Clock
+from .config import DriverConfig
+from .csi.attachments import AttachmentBook, NodeDirectory, StaticNodes
+from .csi.controller import ControllerService, ControllerSettings
+from .csi.identity import IdentityService
+from .csi.server import CSIServer
+from .hooks.events import EventSink
+from .hooks.log import TransitionLogger
+from .hooks.triggers import Reconciler
+from .hooks.wiring import Machines, build_machines
+from .io.rds.commands import CommandBuilder
+from .io.rds.connection import CommandMetrics, RDSConfig, RDSConnection
+from .io.rds.volumes import StoreSettings, VolumeStore
+
+log = logging.getLogger("rdscsi.app")
+
+
+@dataclass
+class ControllerApp:
+    config: DriverConfig
+    machines: Machines
+    rds: RDSConnection
+    store: VolumeStore
+    attachments: AttachmentBook
+    nodes: NodeDirectory
+    reconciler: Reconciler
+    server: CSIServer
+
+    async def start(self) -> None:
+        self.reconciler.start()
+        await self.rds.start()  # returns at once; an unreachable appliance means backoff
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+        await self.reconciler.stop()
+        await self.rds.close()
+
+    async def _reconcile(self, reasons: frozenset[str]) -> None:
+        outcome = self.attachments.reconcile(self.nodes)
+        if outcome:
+            log.info("reconcile (%s): %s", ", ".join(sorted(reasons)), outcome)
+
+
+def build_controller(
+    config: DriverConfig,
+    clock: Clock,
+    sink: EventSink,
+    registry: CollectorRegistry = REGISTRY,
+    nodes: NodeDirectory | None = None,
+    rng: random.Random | None = None,
+) -> ControllerApp:
+    rds_cfg = config.rds
+    # The reconciler's pass needs the app; the app needs the engines the reconciler feeds.
+    holder: list[ControllerApp] = []
+
+    async def run_pass(reasons: frozenset[str]) -> None:
+        await holder[0]._reconcile(reasons)
+
+    reconciler = Reconciler(run_pass)
+    machines = build_machines(
+        clock, sink, reconciler, registry, extra_listeners=(TransitionLogger(),)
+    )
+    rds = RDSConnection(
+        RDSConfig(
+            address=rds_cfg.address,
+            port=rds_cfg.port,
+            user=rds_cfg.user,
+            client_keys=[rds_cfg.key_file] if rds_cfg.key_file else [],
+            host_keys=list(rds_cfg.host_keys),
+            known_hosts=rds_cfg.known_hosts or None,
+            insecure_skip_host_key_check=rds_cfg.insecure_skip_host_key_check,
+            max_concurrency=rds_cfg.max_concurrency,
+            command_timeout=rds_cfg.command_timeout,
+        ),
+        machines.connection,
+        clock,
+        rng or random.Random(),
+        CommandMetrics(registry),
+        CommandBuilder(pool_root=rds_cfg.pool_root),
+    )
+    store = VolumeStore(
+        rds,
+        StoreSettings(
+            pool_root=rds_cfg.pool_root,
+            volume_dir=rds_cfg.volume_dir,
+            nvme_port=rds_cfg.nvme_port,
+            nqn_prefix=rds_cfg.nqn_prefix,
+        ),
+        clock.wall,
+    )
+    state = Path(config.state_dir) / "attachments.json" if config.state_dir else None
+    attachments = AttachmentBook(
+        machines.attachment,
+        clock,
+        config.grace_period,
+        config.migration_timeout,
+        state,
+        wake=reconciler.trigger,
+    )
+    directory = nodes or StaticNodes(list(config.known_nodes))
+    identity = IdentityService(config.name, True, lambda: rds.connected)
+    controller = ControllerService(
+        ControllerSettings(
+            plugin_name=config.name,
+            appliance=rds_cfg.name,
+            nvme_address=rds_cfg.nvme_address or rds_cfg.address,
+            transport=config.transport,
+        ),
+        store,
+        attachments,
+        directory,
+    )
+    app = ControllerApp(
+        config,
+        machines,
+        rds,
+        store,
+        attachments,
+        directory,
+        reconciler,
+        CSIServer(config.socket_path, identity, controller),
+    )
+    holder.append(app)
+    return app

@@ -1,0 +1,164 @@
+"""Driver configuration: defaults < YAML file < environment < command-line flags.
+
+Structured with cattrs into frozen attrs classes, so a wrong value anywhere is reported with
+its path (`rds.port: invalid value for type, expected int`) before anything starts.
+Environment variables are `RDSCSI_<FIELD>`, nested with `__` (`RDSCSI_RDS__ADDRESS`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+import yaml
+from cattrs.v import format_exception
+
+ENV_PREFIX = "RDSCSI_"
+DNS_NAME = re.compile(r"^(?=.{1,63}$)[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field."""
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{attribute.name}: must be > 0, got {value}")
+
+
+def _port(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not 0 < value < 65536:
+        raise ConfigError(f"{attribute.name}: {value} is not a TCP port (1..65535)")
+
+
+@attrs.frozen
+class ApplianceConfig:
+    """One RDS appliance: how to reach it over SSH, and where volumes live on it."""
+
+    address: str = "127.0.0.1"
+    port: int = attrs.field(default=22, validator=_port)
+    user: str = "admin"
+    key_file: str = ""  # SSH private key
+    host_keys: list[str] = attrs.Factory(list)  # pinned public keys; several while rotating
+    known_hosts: str = ""  # or an OpenSSH known_hosts file
+    insecure_skip_host_key_check: bool = False
+    name: str = "rds"  # topology value and metrics label
+    nvme_address: str = ""  # data-plane address; empty: same as `address`
+    nvme_port: int = attrs.field(default=4420, validator=_port)
+    nqn_prefix: str = "nqn.2000-02.com.mikrotik:"
+    pool_root: str = "/storage-pool/"
+    volume_dir: str = "k8s"
+    max_concurrency: int = attrs.field(default=8, validator=_positive)
+    command_timeout: float = attrs.field(default=30.0, validator=_positive)
+
+
+@attrs.frozen
+class DriverConfig:
+    """Everything `rdscsi serve` needs."""
+
+    name: str = "rds.csi.mikrotik.com"  # CSI plugin name (DNS-style)
+    controller: bool = False  # the node service arrives with the node issue
+    endpoint: str = "unix:///csi/csi.sock"
+    node_id: str = ""
+    metrics_address: str = ""  # HOST:PORT; empty disables /metrics
+    rds: ApplianceConfig = attrs.Factory(ApplianceConfig)
+    transport: Literal["nvme-tcp", "loop"] = "nvme-tcp"  # loop: the built-in simulator
+    grace_period: float = attrs.field(default=30.0, validator=_positive)
+    migration_timeout: float = attrs.field(default=300.0, validator=_positive)
+    known_nodes: list[str] = attrs.Factory(list)  # standalone: nodes that may attach
+    state_dir: str = ""  # standalone: where attachments are kept across restarts
+
+    def validate(self) -> DriverConfig:
+        if not DNS_NAME.match(self.name):
+            raise ConfigError(f"name: {self.name!r} is not a DNS-style plugin name")
+        if not self.controller:
+            raise ConfigError("controller: enable the controller service (--controller)")
+        if not self.endpoint.startswith("unix://"):
+            raise ConfigError(f"endpoint: {self.endpoint!r} must be unix:///path")
+        if self.controller and not (
+            self.rds.host_keys or self.rds.known_hosts or self.rds.insecure_skip_host_key_check
+        ):
+            raise ConfigError(
+                "rds.host_keys: give the appliance's host key (or rds.known_hosts); skipping "
+                "verification needs rds.insecure_skip_host_key_check"
+            )
+        return self
+
+    @property
+    def socket_path(self) -> Path:
+        return Path(self.endpoint.removeprefix("unix://"))
+
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _describe(exc: BaseException, type_: type | None) -> str:
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    return format_exception(exc, type_)
+
+
+def structure(data: Mapping[str, Any]) -> DriverConfig:
+    """`data` as a validated `DriverConfig`, or `ConfigError` naming every bad field."""
+    try:
+        config = _converter.structure(dict(data), DriverConfig)
+    except cattrs.BaseValidationError as exc:
+        messages = cattrs.transform_error(exc, path="config", format_exception=_describe)
+        raise ConfigError("; ".join(m.replace("@ config.", "@ ") for m in messages)) from None
+    except ConfigError:
+        raise
+    return config.validate()
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    lists = {"host_keys", "known_nodes"}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        value: Any = raw
+        if path[-1] in lists:
+            value = [item.strip() for item in raw.split(",") if item.strip()]
+        elif raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        node = layer
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return layer
+
+
+def load(
+    file: str | Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> DriverConfig:
+    """Layers the sources; flags given as `{"rds": {"port": 2222}, "controller": True}`."""
+    data: dict[str, Any] = {}
+    if file:
+        try:
+            loaded = yaml.safe_load(Path(file).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"config file {file}: {exc}") from None
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"config file {file}: expected a mapping at the top level")
+        data = _merge(data, loaded)
+    data = _merge(data, _env_layer(os.environ if environ is None else environ))
+    data = _merge(data, flags or {})
+    return structure(data)

@@ -1,0 +1,514 @@
+"""The CSI Controller service: every controller RPC, and only RPCs, live here.
+
+Volumes and snapshots are read from and written to the appliance through `VolumeStore`;
+where a volume may be used is decided by its Attachment machine (`AttachmentBook`). Each
+RPC validates its request first, holds a per-object lock (a concurrent call for the same
+volume or snapshot gets ABORTED), and names the object in every error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ..io.rds.errors import AlreadyExistsError, RDSError
+from ..io.rds.volumes import Snapshot, Volume, VolumeSource, VolumeStore
+from . import csi_pb2 as pb
+from . import csi_pb2_grpc
+from .attachments import AttachmentBook, NodeDirectory
+from .locks import OperationLocks
+from .naming import is_snapshot_id, is_volume_id, snapshot_id, volume_id
+from .params import check_capabilities, check_capability, pick_size, volume_parameters
+from .rpc import rpc
+from .status import RPCError, from_rds, invalid, not_found, precondition
+
+log = logging.getLogger("rdscsi.controller")
+
+Cap = pb.ControllerServiceCapability.RPC.Type
+CAPABILITIES = (
+    Cap.CREATE_DELETE_VOLUME,
+    Cap.PUBLISH_UNPUBLISH_VOLUME,
+    Cap.LIST_VOLUMES,
+    Cap.GET_CAPACITY,
+    Cap.CREATE_DELETE_SNAPSHOT,
+    Cap.LIST_SNAPSHOTS,
+    Cap.CLONE_VOLUME,
+    Cap.EXPAND_VOLUME,
+    Cap.LIST_VOLUMES_PUBLISHED_NODES,
+    Cap.VOLUME_CONDITION,
+    Cap.GET_VOLUME,
+    Cap.SINGLE_NODE_MULTI_WRITER,
+    Cap.GET_SNAPSHOT,
+)
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    plugin_name: str
+    appliance: str  # topology value
+    nvme_address: str
+    transport: str  # "nvme-tcp", or "loop" for the built-in simulator
+
+    @property
+    def topology_key(self) -> str:
+        return f"{self.plugin_name}/appliance"
+
+
+class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        store: VolumeStore,
+        attachments: AttachmentBook,
+        nodes: NodeDirectory,
+        locks: OperationLocks | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.attachments = attachments
+        self.nodes = nodes
+        self.locks = locks or OperationLocks()
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _topology(self) -> pb.Topology:
+        return pb.Topology(segments={self.settings.topology_key: self.settings.appliance})
+
+    def _reachable(self, req: pb.TopologyRequirement) -> bool:
+        """Whether our appliance satisfies the requirement (no requirement: yes)."""
+        requisite = list(req.requisite) or list(req.preferred)
+        if not requisite:
+            return True
+        mine = dict(self._topology().segments)
+        return any(all(mine.get(k) == v for k, v in t.segments.items()) for t in requisite)
+
+    def _context(self, vol: Volume, params: dict[str, str]) -> dict[str, str]:
+        ctx = {
+            "transport": self.settings.transport,
+            "nvmeAddress": self.settings.nvme_address,
+            "nvmePort": str(vol.port),
+            "nqn": vol.nqn,
+            "appliance": self.settings.appliance,
+        }
+        ctx.update(params)
+        return ctx
+
+    def _volume_message(self, vol: Volume, params: dict[str, str] | None = None) -> pb.Volume:
+        msg = pb.Volume(
+            volume_id=vol.id,
+            capacity_bytes=vol.size,
+            volume_context=self._context(vol, params or {}),
+            accessible_topology=[self._topology()],
+        )
+        if vol.source is not None:
+            if vol.source.kind == "snapshot":
+                msg.content_source.snapshot.snapshot_id = vol.source.id
+            else:
+                msg.content_source.volume.volume_id = vol.source.id
+        return msg
+
+    def _condition(self, vol: Volume) -> pb.VolumeCondition:
+        # The appliance is the source of truth: a disk whose NVMe/TCP export is off cannot
+        # be reached by any node, whatever the attachments say.
+        if not vol.nqn or not vol.port:
+            return pb.VolumeCondition(
+                abnormal=True, message=f"volume {vol.id} is not exported over NVMe/TCP"
+            )
+        return pb.VolumeCondition(
+            abnormal=False, message=f"volume {vol.id} is exported as {vol.nqn}"
+        )
+
+    async def _existing_volume(self, vid: str, what: str = "volume") -> Volume:
+        try:
+            vol = await self.store.get_volume(vid)
+        except RDSError as exc:
+            raise from_rds(exc, f"{what} {vid}") from exc
+        if vol is None:
+            raise not_found(f"{what} {vid} does not exist")
+        return vol
+
+    @staticmethod
+    def _timestamp(seconds: float) -> Timestamp:
+        ts = Timestamp()
+        ts.FromNanoseconds(int(seconds * 1e9))
+        return ts
+
+    def _snapshot_message(self, snap: Snapshot) -> pb.Snapshot:
+        return pb.Snapshot(
+            snapshot_id=snap.id,
+            source_volume_id=snap.source_volume_id,
+            size_bytes=snap.size,
+            creation_time=self._timestamp(snap.created_at),
+            ready_to_use=True,
+        )
+
+    # --- volumes --------------------------------------------------------------------------------
+
+    @rpc
+    async def CreateVolume(self, req: pb.CreateVolumeRequest, ctx: Any) -> pb.CreateVolumeResponse:
+        if not req.name:
+            raise invalid("name: required")
+        check_capabilities(list(req.volume_capabilities))
+        params = volume_parameters(req.parameters)
+        vid = volume_id(req.name)
+        if req.HasField("accessibility_requirements") and not self._reachable(
+            req.accessibility_requirements
+        ):
+            raise RPCError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"volume {req.name}: accessibility requirements exclude appliance "
+                f"{self.settings.appliance}",
+            )
+        source: VolumeSource | None = None
+        floor = 0
+        if req.HasField("volume_content_source"):
+            kind = req.volume_content_source.WhichOneof("type")
+            if kind == "snapshot":
+                sid = req.volume_content_source.snapshot.snapshot_id
+                snap = await self._source_snapshot(sid)
+                source, floor = VolumeSource("snapshot", sid), snap.size
+            elif kind == "volume":
+                src = req.volume_content_source.volume.volume_id
+                if not is_volume_id(src):
+                    raise not_found(f"source volume {src!r} does not exist")
+                vol = await self._existing_volume(src, "source volume")
+                source, floor = VolumeSource("volume", src), vol.size
+            else:
+                raise invalid("volume_content_source: snapshot or volume is required")
+        size = pick_size(
+            req.capacity_range if req.HasField("capacity_range") else None,
+            floor,
+            f"volume {req.name}",
+        )
+        with self.locks.hold(vid):
+            try:
+                vol = await self.store.create_volume(vid, size, source)
+            except AlreadyExistsError as exc:
+                raise RPCError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"volume {req.name} ({vid}) exists with different settings: {exc}",
+                ) from exc
+            except RDSError as exc:
+                raise from_rds(exc, f"volume {req.name} ({vid})") from exc
+        log.info("created volume %s (%s bytes) for %s", vid, vol.size, req.name)
+        return pb.CreateVolumeResponse(volume=self._volume_message(vol, params))
+
+    async def _source_snapshot(self, sid: str) -> Snapshot:
+        if not is_snapshot_id(sid):
+            raise not_found(f"source snapshot {sid!r} does not exist")
+        try:
+            snap = await self.store.get_snapshot(sid)
+        except RDSError as exc:
+            raise from_rds(exc, f"source snapshot {sid}") from exc
+        if snap is None:
+            raise not_found(f"source snapshot {sid} does not exist")
+        return snap
+
+    @rpc
+    async def DeleteVolume(self, req: pb.DeleteVolumeRequest, ctx: Any) -> pb.DeleteVolumeResponse:
+        vid = req.volume_id
+        if not vid:
+            raise invalid("volume_id: required")
+        if not is_volume_id(vid):
+            return pb.DeleteVolumeResponse()  # never ours, so already gone
+        with self.locks.hold(vid):
+            nodes = self.attachments.nodes(vid)
+            if nodes:
+                raise precondition(f"volume {vid} is still published to node(s) {', '.join(nodes)}")
+            try:
+                await self.store.delete_volume(vid)
+            except RDSError as exc:
+                raise from_rds(exc, f"volume {vid}") from exc
+            self.attachments.forget(vid)
+        log.info("deleted volume %s", vid)
+        return pb.DeleteVolumeResponse()
+
+    @rpc
+    async def ControllerPublishVolume(
+        self, req: pb.ControllerPublishVolumeRequest, ctx: Any
+    ) -> pb.ControllerPublishVolumeResponse:
+        vid, node = req.volume_id, req.node_id
+        if not vid:
+            raise invalid("volume_id: required")
+        if not node:
+            raise invalid("node_id: required")
+        if not req.HasField("volume_capability"):
+            raise invalid("volume_capability: required")
+        cap = check_capability(req.volume_capability)
+        if not is_volume_id(vid):
+            raise not_found(f"volume {vid} does not exist")
+        if not self.nodes.known(node):
+            raise not_found(f"node {node} does not exist")
+        with self.locks.hold(vid):
+            vol = await self._existing_volume(vid)
+            step = self.attachments.publish(vid, node, cap.multi_node)
+            if "AttachmentConflict" in step.transition.hooks:
+                holders = ", ".join(self.attachments.nodes(vid))
+                raise precondition(
+                    f"volume {vid} is attached to node {holders}; cannot attach it to {node}"
+                )
+        return pb.ControllerPublishVolumeResponse(
+            publish_context={
+                "nqn": vol.nqn,
+                "nvmeAddress": self.settings.nvme_address,
+                "nvmePort": str(vol.port),
+            }
+        )
+
+    @rpc
+    async def ControllerUnpublishVolume(
+        self, req: pb.ControllerUnpublishVolumeRequest, ctx: Any
+    ) -> pb.ControllerUnpublishVolumeResponse:
+        vid = req.volume_id
+        if not vid:
+            raise invalid("volume_id: required")
+        with self.locks.hold(vid):
+            # An empty node_id means: from every node (CSI spec).
+            for node in [req.node_id] if req.node_id else list(self.attachments.nodes(vid)):
+                self.attachments.unpublish(vid, node)
+        return pb.ControllerUnpublishVolumeResponse()
+
+    @rpc
+    async def ValidateVolumeCapabilities(
+        self, req: pb.ValidateVolumeCapabilitiesRequest, ctx: Any
+    ) -> pb.ValidateVolumeCapabilitiesResponse:
+        vid = req.volume_id
+        if not vid:
+            raise invalid("volume_id: required")
+        if not req.volume_capabilities:
+            raise invalid("volume_capabilities: at least one is required")
+        if not is_volume_id(vid):
+            raise not_found(f"volume {vid} does not exist")
+        await self._existing_volume(vid)
+        try:
+            check_capabilities(list(req.volume_capabilities))
+            volume_parameters(req.parameters)
+        except RPCError as exc:
+            return pb.ValidateVolumeCapabilitiesResponse(message=exc.message)
+        return pb.ValidateVolumeCapabilitiesResponse(
+            confirmed=pb.ValidateVolumeCapabilitiesResponse.Confirmed(
+                volume_context=req.volume_context,
+                volume_capabilities=req.volume_capabilities,
+                parameters=req.parameters,
+            )
+        )
+
+    @rpc
+    async def ListVolumes(self, req: pb.ListVolumesRequest, ctx: Any) -> pb.ListVolumesResponse:
+        try:
+            volumes = await self.store.list_volumes()
+        except RDSError as exc:
+            raise from_rds(exc, "list volumes") from exc
+        page, next_token = _page(
+            [v.id for v in volumes], req.starting_token, req.max_entries, is_volume_id
+        )
+        by_id = {v.id: v for v in volumes}
+        entries = []
+        for vid in page:
+            vol = by_id[vid]
+            entries.append(
+                pb.ListVolumesResponse.Entry(
+                    volume=self._volume_message(vol),
+                    status=pb.ListVolumesResponse.VolumeStatus(
+                        published_node_ids=list(self.attachments.nodes(vid)),
+                        volume_condition=self._condition(vol),
+                    ),
+                )
+            )
+        return pb.ListVolumesResponse(entries=entries, next_token=next_token)
+
+    @rpc
+    async def ControllerGetVolume(
+        self, req: pb.ControllerGetVolumeRequest, ctx: Any
+    ) -> pb.ControllerGetVolumeResponse:
+        if not req.volume_id:
+            raise invalid("volume_id: required")
+        if not is_volume_id(req.volume_id):
+            raise not_found(f"volume {req.volume_id} does not exist")
+        vol = await self._existing_volume(req.volume_id)
+        return pb.ControllerGetVolumeResponse(
+            volume=self._volume_message(vol),
+            status=pb.ControllerGetVolumeResponse.VolumeStatus(
+                published_node_ids=list(self.attachments.nodes(vol.id)),
+                volume_condition=self._condition(vol),
+            ),
+        )
+
+    @rpc
+    async def GetCapacity(self, req: pb.GetCapacityRequest, ctx: Any) -> pb.GetCapacityResponse:
+        for i, cap in enumerate(req.volume_capabilities):
+            check_capability(cap, f"volume_capabilities[{i}]")
+        volume_parameters(req.parameters)
+        if req.HasField("accessible_topology"):
+            mine = dict(self._topology().segments)
+            if any(mine.get(k) != v for k, v in req.accessible_topology.segments.items()):
+                return pb.GetCapacityResponse(available_capacity=0)
+        try:
+            pool = await self.store.capacity()
+        except RDSError as exc:
+            raise from_rds(exc, "pool capacity") from exc
+        return pb.GetCapacityResponse(
+            available_capacity=pool.free, maximum_volume_size=_wrap(pool.free)
+        )
+
+    @rpc
+    async def ControllerExpandVolume(
+        self, req: pb.ControllerExpandVolumeRequest, ctx: Any
+    ) -> pb.ControllerExpandVolumeResponse:
+        vid = req.volume_id
+        if not vid:
+            raise invalid("volume_id: required")
+        if not req.HasField("capacity_range"):
+            raise invalid("capacity_range: required")
+        block = False
+        if req.HasField("volume_capability"):
+            block = check_capability(req.volume_capability).block
+        if not is_volume_id(vid):
+            raise not_found(f"volume {vid} does not exist")
+        with self.locks.hold(vid):
+            vol = await self._existing_volume(vid)
+            size = pick_size(req.capacity_range, 0, f"volume {vid}")
+            if size < vol.size:
+                size = vol.size  # grow only; a smaller request is already satisfied
+            try:
+                vol = await self.store.expand_volume(vid, size)
+            except RDSError as exc:
+                raise from_rds(exc, f"volume {vid}") from exc
+        return pb.ControllerExpandVolumeResponse(
+            capacity_bytes=vol.size, node_expansion_required=not block
+        )
+
+    # --- snapshots ------------------------------------------------------------------------------
+
+    @rpc
+    async def CreateSnapshot(
+        self, req: pb.CreateSnapshotRequest, ctx: Any
+    ) -> pb.CreateSnapshotResponse:
+        if not req.name:
+            raise invalid("name: required")
+        src = req.source_volume_id
+        if not src:
+            raise invalid("source_volume_id: required")
+        sid = snapshot_id(req.name)
+        if not is_volume_id(src):
+            raise not_found(f"source volume {src} does not exist")
+        with self.locks.hold(sid):
+            try:
+                existing = await self.store.get_snapshot(sid)
+                if existing is not None and existing.source_volume_id != src:
+                    raise RPCError(
+                        grpc.StatusCode.ALREADY_EXISTS,
+                        f"snapshot {req.name} ({sid}) exists for volume "
+                        f"{existing.source_volume_id}, not {src}",
+                    )
+                if existing is None:
+                    await self._existing_volume(src, "source volume")
+                snap = existing or await self.store.create_snapshot(sid, src)
+            except AlreadyExistsError as exc:
+                raise RPCError(
+                    grpc.StatusCode.ALREADY_EXISTS, f"snapshot {req.name} ({sid}): {exc}"
+                ) from exc
+            except RDSError as exc:
+                raise from_rds(exc, f"snapshot {req.name} ({sid})") from exc
+        return pb.CreateSnapshotResponse(snapshot=self._snapshot_message(snap))
+
+    @rpc
+    async def DeleteSnapshot(
+        self, req: pb.DeleteSnapshotRequest, ctx: Any
+    ) -> pb.DeleteSnapshotResponse:
+        sid = req.snapshot_id
+        if not sid:
+            raise invalid("snapshot_id: required")
+        if not is_snapshot_id(sid):
+            return pb.DeleteSnapshotResponse()
+        with self.locks.hold(sid):
+            try:
+                await self.store.delete_snapshot(sid)
+            except RDSError as exc:
+                raise from_rds(exc, f"snapshot {sid}") from exc
+        return pb.DeleteSnapshotResponse()
+
+    @rpc
+    async def ListSnapshots(
+        self, req: pb.ListSnapshotsRequest, ctx: Any
+    ) -> pb.ListSnapshotsResponse:
+        try:
+            if req.snapshot_id:
+                one = (
+                    await self.store.get_snapshot(req.snapshot_id)
+                    if is_snapshot_id(req.snapshot_id)
+                    else None
+                )
+                snaps = [one] if one is not None else []
+                if req.source_volume_id:
+                    snaps = [s for s in snaps if s.source_volume_id == req.source_volume_id]
+            else:
+                snaps = await self.store.list_snapshots(req.source_volume_id or None)
+        except RDSError as exc:
+            raise from_rds(exc, "list snapshots") from exc
+        page, next_token = _page(
+            [s.id for s in snaps], req.starting_token, req.max_entries, is_snapshot_id
+        )
+        by_id = {s.id: s for s in snaps}
+        return pb.ListSnapshotsResponse(
+            entries=[
+                pb.ListSnapshotsResponse.Entry(snapshot=self._snapshot_message(by_id[i]))
+                for i in page
+            ],
+            next_token=next_token,
+        )
+
+    @rpc
+    async def GetSnapshot(self, req: pb.GetSnapshotRequest, ctx: Any) -> pb.GetSnapshotResponse:
+        sid = req.snapshot_id
+        if not sid:
+            raise invalid("snapshot_id: required")
+        snap = None
+        if is_snapshot_id(sid):
+            try:
+                snap = await self.store.get_snapshot(sid)
+            except RDSError as exc:
+                raise from_rds(exc, f"snapshot {sid}") from exc
+        if snap is None:
+            raise not_found(f"snapshot {sid} does not exist")
+        return pb.GetSnapshotResponse(snapshot=self._snapshot_message(snap))
+
+    @rpc
+    async def ControllerGetCapabilities(
+        self, req: pb.ControllerGetCapabilitiesRequest, ctx: Any
+    ) -> pb.ControllerGetCapabilitiesResponse:
+        return pb.ControllerGetCapabilitiesResponse(
+            capabilities=[
+                pb.ControllerServiceCapability(rpc=pb.ControllerServiceCapability.RPC(type=c))
+                for c in CAPABILITIES
+            ]
+        )
+
+
+def _wrap(value: int) -> Any:
+    from google.protobuf.wrappers_pb2 import Int64Value
+
+    return Int64Value(value=value)
+
+
+def _page(ids: Sequence[str], token: str, max_entries: int, valid: Any) -> tuple[list[str], str]:
+    """Ids after `token` (the last id of the previous page), at most `max_entries`.
+
+    The token is an id, so pages stay stable when objects are added or removed meanwhile.
+    """
+    if max_entries < 0:
+        raise invalid(f"max_entries: must be >= 0, got {max_entries}")
+    ordered = sorted(ids)
+    if token:
+        if not valid(token):
+            raise RPCError(grpc.StatusCode.ABORTED, f"starting_token {token!r} is not valid")
+        ordered = [i for i in ordered if i > token]
+    if max_entries and len(ordered) > max_entries:
+        page = ordered[:max_entries]
+        return page, page[-1]
+    return ordered, ""

@@ -1,0 +1,50 @@
+"""The gRPC server on the CSI unix socket."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import grpc
+
+from . import csi_pb2_grpc
+from .controller import ControllerService
+from .identity import IdentityService
+
+
+class CSIServer:
+    def __init__(
+        self,
+        socket_path: Path,
+        identity: IdentityService,
+        controller: ControllerService | None = None,
+    ) -> None:
+        self.socket_path = socket_path
+        self.identity = identity
+        self.controller = controller
+        self._server: grpc.aio.Server | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    async def start(self) -> None:
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        # A socket left by a crashed process would make the bind fail.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        server = grpc.aio.server()
+        csi_pb2_grpc.add_IdentityServicer_to_server(self.identity, server)
+        if self.controller is not None:
+            csi_pb2_grpc.add_ControllerServicer_to_server(self.controller, server)
+        server.add_insecure_port(self.endpoint)
+        await server.start()
+        self._server = server
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)

@@ -1,0 +1,34 @@
+"""gRPC status for every failure: one code per adapter error type, a message naming the object."""
+
+from __future__ import annotations
+
+import grpc
+
+from ..io.rds.errors import RDSError, grpc_code_name
+
+
+class RPCError(Exception):
+    """Raised inside a service; the server turns it into the status it carries."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code.name}: {message}")
+
+
+def invalid(message: str) -> RPCError:
+    return RPCError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> RPCError:
+    return RPCError(grpc.StatusCode.NOT_FOUND, message)
+
+
+def precondition(message: str) -> RPCError:
+    return RPCError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+def from_rds(error: RDSError, what: str) -> RPCError:
+    """The adapter's error as a status: `what` names the volume or snapshot concerned."""
+    code = getattr(grpc.StatusCode, grpc_code_name(error))
+    return RPCError(code, f"{what}: {error}")
