@@ -39,6 +39,8 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/machines.py --json
+	$(PY) bench/rds.py --json
+	$(PY) bench/provision.py --json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
