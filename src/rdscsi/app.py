@@ -15,14 +15,18 @@ from .config import DriverConfig
 from .csi.attachments import AttachmentBook, NodeDirectory, StaticNodes
 from .csi.controller import ControllerService, ControllerSettings
 from .csi.identity import IdentityService
+from .csi.node import NodeService, NodeSettings
 from .csi.server import CSIServer
 from .hooks.events import EventSink
 from .hooks.log import TransitionLogger
 from .hooks.triggers import Reconciler
 from .hooks.wiring import Machines, build_machines
+from .io.loop import LoopTransport
+from .io.nvme import NvmeTransport
 from .io.rds.commands import CommandBuilder
 from .io.rds.connection import CommandMetrics, RDSConfig, RDSConnection
 from .io.rds.volumes import StoreSettings, VolumeStore
+from .io.transport import Transport
 
 log = logging.getLogger("rdscsi.app")
 
@@ -39,6 +43,8 @@ class ControllerApp:
     server: CSIServer
 
     async def start(self) -> None:
+        if self.server.node is not None:
+            await self.server.node.cleanup_orphans()
         self.reconciler.start()
         await self.rds.start()  # returns at once; an unreachable appliance means backoff
         await self.server.start()
@@ -54,6 +60,56 @@ class ControllerApp:
             log.info("reconcile (%s): %s", ", ".join(sorted(reasons)), outcome)
 
 
+def node_transports(config: DriverConfig) -> dict[str, Transport]:
+    transports: dict[str, Transport] = {"nvme-tcp": NvmeTransport(config.rds.nqn_prefix)}
+    if config.loop_root:
+        transports["loop"] = LoopTransport(Path(config.loop_root))
+    return transports
+
+
+def build_node_service(config: DriverConfig, machines: Machines) -> NodeService:
+    return NodeService(
+        NodeSettings(
+            node_id=config.node_id,
+            plugin_name=config.name,
+            appliance=config.rds.name,
+            transport=config.transport,
+            state_dir=Path(config.node_state_dir),
+            max_volumes=config.max_volumes_per_node,
+        ),
+        node_transports(config),
+        machines.node_volume,
+    )
+
+
+@dataclass
+class NodeApp:
+    """`serve --node` alone: Identity and Node, no appliance connection."""
+
+    config: DriverConfig
+    machines: Machines
+    node: NodeService
+    server: CSIServer
+
+    async def start(self) -> None:
+        await self.node.cleanup_orphans()
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+
+def build_node(
+    config: DriverConfig, clock: Clock, sink: EventSink, registry: CollectorRegistry = REGISTRY
+) -> NodeApp:
+    machines = build_machines(
+        clock, sink, lambda reason: None, registry, extra_listeners=(TransitionLogger(),)
+    )
+    node = build_node_service(config, machines)
+    identity = IdentityService(config.name, False, lambda: True)
+    return NodeApp(config, machines, node, CSIServer(config.socket_path, identity, node=node))
+
+
 def build_controller(
     config: DriverConfig,
     clock: Clock,
@@ -62,6 +118,8 @@ def build_controller(
     nodes: NodeDirectory | None = None,
     rng: random.Random | None = None,
 ) -> ControllerApp:
+    """The controller; with `config.node` the same process serves the Node service too
+    (`rdscsi run`), sharing one set of machines and metrics."""
     rds_cfg = config.rds
     # The reconciler's pass needs the app; the app needs the engines the reconciler feeds.
     holder: list[ControllerApp] = []
@@ -123,6 +181,7 @@ def build_controller(
         attachments,
         directory,
     )
+    node = build_node_service(config, machines) if config.node else None
     app = ControllerApp(
         config,
         machines,
@@ -131,7 +190,7 @@ def build_controller(
         attachments,
         directory,
         reconciler,
-        CSIServer(config.socket_path, identity, controller),
+        CSIServer(config.socket_path, identity, controller, node),
     )
     holder.append(app)
     return app

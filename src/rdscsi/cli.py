@@ -44,7 +44,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     flags: dict[str, object] = {}
     rds: dict[str, object] = {}
-    for name in ("controller", "endpoint", "node_id", "metrics_address", "name"):
+    for name in (
+        "controller",
+        "node",
+        "endpoint",
+        "node_id",
+        "metrics_address",
+        "name",
+        "node_state_dir",
+    ):
         value = getattr(args, name)
         if value not in (None, False):
             flags[name] = value
@@ -100,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve CSI in a cluster (production entry point)")
     p.add_argument("--config", help="YAML file (flags and RDSCSI_* variables override it)")
     p.add_argument("--controller", action="store_true", help="serve Identity and Controller")
+    p.add_argument("--node", action="store_true", help="serve Identity and Node")
+    p.add_argument("--node-state-dir", help="node: where per-volume records live")
     p.add_argument("--endpoint", help="unix:///PATH of the CSI socket")
     p.add_argument("--node-id", help="this node's id")
     p.add_argument("--name", help="CSI plugin name (default rds.csi.mikrotik.com)")

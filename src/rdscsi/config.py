@@ -62,7 +62,8 @@ class DriverConfig:
     """Everything `rdscsi serve` needs."""
 
     name: str = "rds.csi.mikrotik.com"  # CSI plugin name (DNS-style)
-    controller: bool = False  # the node service arrives with the node issue
+    controller: bool = False  # serve Identity + Controller
+    node: bool = False  # serve Identity + Node (a DaemonSet pod on every node)
     endpoint: str = "unix:///csi/csi.sock"
     node_id: str = ""
     metrics_address: str = ""  # HOST:PORT; empty disables /metrics
@@ -72,12 +73,19 @@ class DriverConfig:
     migration_timeout: float = attrs.field(default=300.0, validator=_positive)
     known_nodes: list[str] = attrs.Factory(list)  # standalone: nodes that may attach
     state_dir: str = ""  # standalone: where attachments are kept across restarts
+    node_state_dir: str = "/var/lib/rdscsi"  # node: per-volume records (how to reach devices)
+    loop_root: str = ""  # transport "loop": the simulator's files directory
+    max_volumes_per_node: int = 0  # reported by NodeGetInfo; 0: no limit
 
     def validate(self) -> DriverConfig:
         if not DNS_NAME.match(self.name):
             raise ConfigError(f"name: {self.name!r} is not a DNS-style plugin name")
-        if not self.controller:
-            raise ConfigError("controller: enable the controller service (--controller)")
+        if not (self.controller or self.node):
+            raise ConfigError("controller/node: enable at least one service")
+        if self.node and not self.node_id:
+            raise ConfigError("node_id: required for the node service")
+        if self.node and self.transport == "loop" and not self.loop_root:
+            raise ConfigError("loop_root: required for the loop transport")
         if not self.endpoint.startswith("unix://"):
             raise ConfigError(f"endpoint: {self.endpoint!r} must be unix:///path")
         if self.controller and not (

@@ -7,8 +7,10 @@ what it created even when a step fails.
 from __future__ import annotations
 
 import socket
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,6 +20,73 @@ from .csi import csi_pb2_grpc
 
 GIB = 1 << 30
 Mode = pb.VolumeCapability.AccessMode
+
+
+async def _node_steps(
+    channel: grpc.aio.Channel,
+    step: Any,
+    vol: pb.Volume,
+    cap: pb.VolumeCapability,
+    out: Callable[[str], None],
+) -> None:
+    """Stage, publish, write, read back, unpublish, unstage, if the endpoint serves Node."""
+    node = csi_pb2_grpc.NodeStub(channel)
+    try:
+        await node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest())
+    except grpc.aio.AioRpcError:
+        out("· no Node service on this endpoint: skipping stage and publish")
+        return
+    with tempfile.TemporaryDirectory(prefix="rdscsi-demo-") as tmp:
+        staging, target = Path(tmp) / "staging", Path(tmp) / "pod"
+        vid = vol.volume_id
+        await step(
+            "NodeStageVolume (ext4)",
+            node.NodeStageVolume(
+                pb.NodeStageVolumeRequest(
+                    volume_id=vid,
+                    staging_target_path=str(staging),
+                    volume_capability=cap,
+                    volume_context=vol.volume_context,
+                )
+            ),
+            lambda r: f"mounted at {staging}",
+        )
+        await step(
+            "NodePublishVolume",
+            node.NodePublishVolume(
+                pb.NodePublishVolumeRequest(
+                    volume_id=vid,
+                    staging_target_path=str(staging),
+                    target_path=str(target),
+                    volume_capability=cap,
+                    volume_context=vol.volume_context,
+                )
+            ),
+            lambda r: f"bound at {target}",
+        )
+        (target / "hello.txt").write_text("written through rdscsi\n")
+        stats = await step(
+            "NodeGetVolumeStats",
+            node.NodeGetVolumeStats(
+                pb.NodeGetVolumeStatsRequest(volume_id=vid, volume_path=str(target))
+            ),
+            lambda r: f"{r.usage[0].used} of {r.usage[0].total} bytes used",
+        )
+        del stats
+        await step(
+            "NodeUnpublishVolume",
+            node.NodeUnpublishVolume(
+                pb.NodeUnpublishVolumeRequest(volume_id=vid, target_path=str(target))
+            ),
+            lambda r: "unbound",
+        )
+        await step(
+            "NodeUnstageVolume",
+            node.NodeUnstageVolume(
+                pb.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=str(staging))
+            ),
+            lambda r: "unmounted and disconnected",
+        )
 
 
 def _listing(reply: pb.ListVolumesResponse) -> str:
@@ -137,6 +206,7 @@ async def demo(endpoint: str, node_id: str = "", out: Callable[[str], None] = pr
             ).volume
             created.append(rvol.volume_id)
             await step("ListVolumes", ctl.ListVolumes(pb.ListVolumesRequest()), _listing)
+            await _node_steps(channel, step, vol, cap, out)
             await step(
                 "ControllerUnpublishVolume",
                 ctl.ControllerUnpublishVolume(

@@ -1,16 +1,18 @@
 """`rdscsi run`: the embedded default, everything in one process with no appliance.
 
-It starts the RDS simulator (state under `--state-dir`), then the CSI Identity and
-Controller services on a unix socket, connected to the simulator over real SSH through the
-Connection machine; it serves Prometheus metrics and logs every transition and cluster
-event, until SIGINT or SIGTERM. While it runs, `rdscsi demo` drives a volume through its
-life, and `rdscsi sim-fault --data-dir .rdscsi/sim drop` shows a reconnect.
+It starts the RDS simulator (state under `--state-dir`), then the CSI Identity, Controller and
+Node services on a unix socket: the controller reaches the simulator over real SSH through the
+Connection machine, and the node attaches the simulator's backing files as loop devices, so
+staging formats and mounts real filesystems. It serves Prometheus metrics and logs every
+transition and cluster event, until SIGINT or SIGTERM. While it runs, `rdscsi demo` drives
+a volume through its life, and `rdscsi sim-fault --data-dir .rdscsi/sim drop` shows a reconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +57,11 @@ async def run(options: RunOptions, stop: asyncio.Event | None = None) -> int:
     await control.start()
 
     node_id = options.node_id or socket.gethostname()
+    # The node side attaches loop devices and mounts filesystems: root only.
+    node = os.geteuid() == 0 and Path("/dev/loop-control").exists()
     config = DriverConfig(
         controller=True,
+        node=node,
         endpoint=options.endpoint or f"unix://{state_dir / 'csi.sock'}",
         node_id=node_id,
         metrics_address=options.metrics_address,
@@ -70,6 +75,8 @@ async def run(options: RunOptions, stop: asyncio.Event | None = None) -> int:
         transport="loop",
         known_nodes=[node_id],
         state_dir=str(state_dir),
+        node_state_dir=str(state_dir / "node"),
+        loop_root=str(sim.store.files_root),
     ).validate()
     app = build_controller(config, LoopClock(), MemorySink(log_events=True), REGISTRY)
     if options.metrics_address:
@@ -78,7 +85,10 @@ async def run(options: RunOptions, stop: asyncio.Event | None = None) -> int:
     await app.start()
 
     print(f"rdscsi run: simulator on {sim.host}:{sim.port} (data in {sim_dir})")
-    print(f"rdscsi run: CSI Identity and Controller on {config.endpoint} (node id {node_id})")
+    print(
+        f"rdscsi run: CSI Identity, Controller and Node on {config.endpoint} (node {node_id}, "
+        "volumes attach as loop devices)"
+    )
     if options.metrics_address:
         print(f"rdscsi run: metrics on http://{options.metrics_address}/metrics")
     print(f"rdscsi run: try `rdscsi demo --endpoint {config.endpoint}` in another shell,")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, start_http_server
 
-from .app import build_controller
+from .app import ControllerApp, NodeApp, build_controller, build_node
 from .clock import LoopClock
 from .config import DriverConfig
 from .hooks.events import MemorySink
@@ -14,12 +14,20 @@ from .signals import until_stopped
 
 async def serve(config: DriverConfig) -> int:
     # Cluster events go to the log until the Kubernetes sink is wired in.
-    app = build_controller(config, LoopClock(), MemorySink(log_events=True), REGISTRY)
+    sink = MemorySink(log_events=True)
+    app: ControllerApp | NodeApp
+    if config.controller:
+        app = build_controller(config, LoopClock(), sink, REGISTRY)
+    else:
+        app = build_node(config, LoopClock(), sink, REGISTRY)
     if config.metrics_address:
         host, port = split_address(config.metrics_address)
         start_http_server(port, host)
     await app.start()
-    print(f"rdscsi serve: {config.name} controller on {config.endpoint}", flush=True)
+    what = " and ".join(
+        n for n, on in (("controller", config.controller), ("node", config.node)) if on
+    )
+    print(f"rdscsi serve: {config.name} {what} on {config.endpoint}", flush=True)
     try:
         await until_stopped()
     finally:

@@ -94,13 +94,13 @@ async def test_create_is_exact_and_idempotent(cluster: Cluster) -> None:
     vol = await create(
         cluster,
         size=size,
-        parameters={"nvmeCtrlLossTmo": "-1", "csi.storage.k8s.io/pvc/name": "data"},
+        parameters={"nvmeCtrlLossTmo": "30", "csi.storage.k8s.io/pvc/name": "data"},
     )
     assert vol.volume_id == PVC and vol.capacity_bytes == size
     assert cluster.sim.store.disks[PVC].size == size
     ctx = dict(vol.volume_context)
     assert ctx["nqn"].endswith(PVC) and ctx["nvmePort"] == "4420"
-    assert ctx["nvmeCtrlLossTmo"] == "-1" and ctx["nvmeAddress"] == "127.0.0.1"
+    assert ctx["nvmeCtrlLossTmo"] == "30" and ctx["nvmeAddress"] == "127.0.0.1"
     assert dict(vol.accessible_topology[0].segments) == {"rds.csi.test/appliance": "sim-1"}
     again = await create(cluster, size=size)
     assert again.volume_id == vol.volume_id and cluster.disks() == [PVC]

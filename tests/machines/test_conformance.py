@@ -25,6 +25,9 @@ from rdscsi.machines import (
     NodeInput,
     NodeMachine,
     NodeModel,
+    NodeVolumeInput,
+    NodeVolumeMachine,
+    NodeVolumeModel,
     TransitionNotAllowed,
     compile_machine,
 )
@@ -38,6 +41,17 @@ PAYLOADS: dict[type[StateMachine], tuple[Any, st.SearchStrategy[Any]]] = {
         st.builds(ConnInput, now=TIMES, jitter=st.floats(-1, 1)),
     ),
     NodeMachine: (lambda: NodeModel("n1"), st.builds(NodeInput, now=TIMES)),
+    NodeVolumeMachine: (
+        lambda: NodeVolumeModel("pvc-1"),
+        st.builds(
+            NodeVolumeInput,
+            now=TIMES,
+            target_path=st.sampled_from(["/t1", "/t2"]),
+            block=st.booleans(),
+            other_targets=st.integers(0, 2),
+            repairable=st.booleans(),
+        ),
+    ),
     AttachmentMachine: (
         lambda: AttachmentModel("pvc-1"),
         st.builds(

@@ -95,6 +95,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
             "nqn": vol.nqn,
             "appliance": self.settings.appliance,
         }
+        if self.settings.transport == "loop":
+            ctx["filePath"] = vol.file_path  # the simulator's node side attaches this file
         ctx.update(params)
         return ctx
 

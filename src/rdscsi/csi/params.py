@@ -23,7 +23,7 @@ SIDECAR_PREFIX = "csi.storage.k8s.io/"
 
 # NVMe/TCP connect options carried to the node in the volume context (nvme-cli -l/-c/-k).
 _INT_PARAMS = {
-    "nvmeCtrlLossTmo": (-1, 86_400),  # -1: retry forever
+    "nvmeCtrlLossTmo": (0, 86_400),  # never -1 (forever): unstage would hang for good
     "nvmeReconnectDelay": (1, 3_600),
     "nvmeKeepAliveTmo": (1, 3_600),
 }
@@ -89,6 +89,12 @@ def check_capability(cap: pb.VolumeCapability, where: str = "volume_capability")
     if not block and cap.mount.fs_type not in FS_TYPES:
         raise invalid(f"{where}: fs_type {cap.mount.fs_type!r} is not one of ext4, xfs")
     return CapabilityCheck(block=block, multi_node=mode == AccessMode.MULTI_NODE_MULTI_WRITER)
+
+
+def validate_fs_type(fs_type: str) -> str:
+    if fs_type not in FS_TYPES:
+        raise invalid(f"volume_capability.mount.fs_type: {fs_type!r} is not one of ext4, xfs")
+    return fs_type
 
 
 def check_capabilities(caps: list[pb.VolumeCapability]) -> list[CapabilityCheck]:

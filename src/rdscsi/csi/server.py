@@ -11,6 +11,7 @@ import grpc
 from . import csi_pb2_grpc
 from .controller import ControllerService
 from .identity import IdentityService
+from .node import NodeService
 
 
 class CSIServer:
@@ -19,10 +20,12 @@ class CSIServer:
         socket_path: Path,
         identity: IdentityService,
         controller: ControllerService | None = None,
+        node: NodeService | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.identity = identity
         self.controller = controller
+        self.node = node
         self._server: grpc.aio.Server | None = None
 
     @property
@@ -38,6 +41,8 @@ class CSIServer:
         csi_pb2_grpc.add_IdentityServicer_to_server(self.identity, server)
         if self.controller is not None:
             csi_pb2_grpc.add_ControllerServicer_to_server(self.controller, server)
+        if self.node is not None:
+            csi_pb2_grpc.add_NodeServicer_to_server(self.node, server)
         server.add_insecure_port(self.endpoint)
         await server.start()
         self._server = server

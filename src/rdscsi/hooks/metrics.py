@@ -82,6 +82,16 @@ class MachineMetrics:
         )
         for action in RECONCILE_ACTIONS.values():
             self.reconcile_actions.labels(action)
+        self.node_repairs = Counter(
+            "rds_csi_node_volume_repairs_total",
+            "Node volumes brought back from an uncertain state (stale mount, half-done call)",
+            registry=registry,
+        )
+        self.node_interrupted = Counter(
+            "rds_csi_node_volume_interrupted_total",
+            "Node operations that failed or timed out half-way, leaving the volume uncertain",
+            registry=registry,
+        )
 
 
 # Hook name -> reconcile action label.
@@ -149,6 +159,12 @@ class MetricsListener:
 
     def recovered(self, step: Step) -> None:
         self._actions["recovered"].inc()
+
+    def repaired(self, step: Step) -> None:
+        self.m.node_repairs.inc()
+
+    def interrupted_op(self, step: Step) -> None:
+        self.m.node_interrupted.inc()
 
     def stale_cleared(self, step: Step) -> None:
         self._actions["stale_cleared"].inc()

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from ..clock import Clock
-from ..machines import MACHINES, AttachmentMachine, ConnectionMachine, NodeMachine
+from ..machines import (
+    MACHINES,
+    AttachmentMachine,
+    ConnectionMachine,
+    NodeMachine,
+    NodeVolumeMachine,
+)
 from ..machines.engine import Engine, compile_machine
 from .events import EventListener, EventSink
 from .metrics import MachineMetrics, MetricsListener
@@ -20,6 +26,7 @@ class Machines:
     connection: Engine
     node: Engine
     attachment: Engine
+    node_volume: Engine
     metrics: MachineMetrics
 
 
@@ -46,5 +53,6 @@ def build_machines(
         connection=engine(ConnectionMachine),
         node=engine(NodeMachine),
         attachment=engine(AttachmentMachine),
+        node_volume=engine(NodeVolumeMachine),
         metrics=metrics,
     )

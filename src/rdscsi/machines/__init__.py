@@ -2,7 +2,8 @@
 
 - `connection.ConnectionMachine`: one per RDS appliance.
 - `node.NodeMachine`: one per Kubernetes node seen.
-- `attachment.AttachmentMachine`: one per volume.
+- `attachment.AttachmentMachine`: one per volume (controller).
+- `volume.NodeVolumeMachine`: one per volume on a node (node plugin).
 
 `engine` compiles them into dispatch tables run over light per-object models;
 `diagrams` exports them into `specs/`.
@@ -26,8 +27,14 @@ from .engine import (
     compile_machine,
 )
 from .node import NodeInput, NodeMachine, NodeModel
+from .volume import NodeVolumeInput, NodeVolumeMachine, NodeVolumeModel
 
-MACHINES: tuple[type[StateMachine], ...] = (ConnectionMachine, NodeMachine, AttachmentMachine)
+MACHINES: tuple[type[StateMachine], ...] = (
+    ConnectionMachine,
+    NodeMachine,
+    AttachmentMachine,
+    NodeVolumeMachine,
+)
 
 __all__ = [
     "MACHINES",
@@ -46,6 +53,9 @@ __all__ = [
     "NodeInput",
     "NodeMachine",
     "NodeModel",
+    "NodeVolumeInput",
+    "NodeVolumeMachine",
+    "NodeVolumeModel",
     "Step",
     "Transition",
     "TransitionNotAllowed",

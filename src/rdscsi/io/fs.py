@@ -1,0 +1,480 @@
+"""Filesystems and block devices on the node: probe, format, grow, measure, find users.
+
+The rule that matters most: a device is formatted only when a low-level probe positively
+says it is blank, and :func:`make_fs` probes again itself right before formatting. "Could
+not probe" is never taken for "blank" (a transient I/O error on a freshly connected
+NVMe-oF device must not end in mkfs over a customer's data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import re
+import stat
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from rdscsi.io import proc
+from rdscsi.io.mounts import (
+    DEVICE_NODE_FS,
+    major_minor,
+    mounts_of_device,
+    parse_mountinfo,
+)
+
+SUPPORTED: Final = ("ext4", "xfs")
+
+PROBE_TIMEOUT: Final = 30.0
+# mkfs with lazy init is quick, but discard of a large thin device can take minutes.
+MKFS_TIMEOUT: Final = 600.0
+GROW_TIMEOUT: Final = 600.0
+
+# detect() results that are not a filesystem type but still mean "do not format".
+PARTITION_TABLE_PREFIX: Final = "partition-table:"
+AMBIVALENT: Final = "ambivalent"
+UNKNOWN_CONTENT: Final = "unknown-content"
+
+_SYSFS: Final = Path("/sys")
+_PROC: Final = Path("/proc")
+_BLKGETSIZE64: Final = 0x80081272
+# How much of the device detect() reads itself: to prove it is readable, and to see that
+# it holds nothing at all (a raw-block volume's data carries no signature blkid knows).
+_HEAD_BYTES: Final = 1 << 20
+
+
+class FsError(Exception):
+    """A filesystem operation failed, or a probe could not give a trustworthy answer."""
+
+    def __init__(self, device: Path | str, detail: str) -> None:
+        self.device = Path(device)
+        self.detail = detail
+        super().__init__(f"{device}: {detail}")
+
+
+class FormatRefusedError(FsError):
+    """make_fs refused: the device is not provably blank, or is in use."""
+
+
+class DeviceInUseError(FormatRefusedError):
+    """make_fs refused because something uses the device now (a mount, a process, a holder).
+
+    Often transient (udev's own probe of a device that just appeared holds it open for a
+    moment): worth a retry, unlike "already has ext4".
+    """
+
+
+class UnsupportedFsError(ValueError):
+    """A filesystem type this driver does not create or grow."""
+
+    def __init__(self, fs_type: str) -> None:
+        self.fs_type = fs_type
+        super().__init__(
+            f"unsupported filesystem type {fs_type!r} (supported: {', '.join(SUPPORTED)})"
+        )
+
+
+class InvalidFsOptionError(ValueError):
+    """A mkfs option outside the allowlist; ``option`` is the rejected token."""
+
+    def __init__(self, option: str, reason: str) -> None:
+        self.option = option
+        self.reason = reason
+        super().__init__(f"mkfs option {option!r} rejected: {reason}")
+
+
+def _block_device(device: Path | str) -> os.stat_result:
+    try:
+        st = os.stat(device)
+    except FileNotFoundError:
+        raise FsError(device, "does not exist") from None
+    if not stat.S_ISBLK(st.st_mode):
+        raise FsError(device, "is not a block device")
+    return st
+
+
+# --------------------------------------------------------------------------- probing
+
+
+def _parse_export(text: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _head_is_zero(device: Path) -> bool:
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        head = os.pread(fd, _HEAD_BYTES, 0)
+    finally:
+        os.close(fd)
+    return head.count(0) == len(head)
+
+
+async def detect(device: Path | str, *, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """What the device holds: None when blank, else a non-empty marker.
+
+    A filesystem or other signature gives its ``TYPE`` (``ext4``, ``xfs``, ``swap``,
+    ``LVM2_member``...); a partition table gives ``"partition-table:<PTTYPE>"``; several
+    conflicting signatures give :data:`AMBIVALENT`; anything else blkid reports gives
+    :data:`UNKNOWN_CONTENT`, and so does data without any known signature (see below).
+    Callers must not format unless this is None.
+
+    Uses ``blkid -p`` (a low-level probe of the device itself, no cache). blkid exits 2 both
+    for "nothing found" and for "could not open", so None needs more: blkid printed no
+    error, and the first MiB of the device reads here as all zeros. A new volume is zeroed
+    (thin), so this costs nothing; it keeps a raw-block volume's data (a database writing
+    straight to the device has no signature) from ever looking blank. Unreadable: FsError.
+    """
+    device = Path(device)
+    _block_device(device)
+    argv = ["blkid", "-p", "-o", "export", "--", str(device)]
+    done = await proc.run(argv, timeout=timeout, check=False)
+    if done.returncode == 0:
+        found = _parse_export(done.stdout)
+        if found.get("TYPE"):
+            return found["TYPE"]
+        if found.get("PTTYPE"):
+            return PARTITION_TABLE_PREFIX + found["PTTYPE"]
+        return UNKNOWN_CONTENT
+    if done.returncode == 8:  # blkid's "ambivalent result": several signatures
+        return AMBIVALENT
+    if done.returncode == 2 and not done.stderr.strip():
+        try:
+            blank = await asyncio.to_thread(_head_is_zero, device)
+        except OSError as exc:
+            raise FsError(
+                device, f"probe found nothing but the device is unreadable: {exc}"
+            ) from exc
+        return None if blank else UNKNOWN_CONTENT
+    said = proc.excerpt(done.stderr) or proc.excerpt(done.stdout) or "no output"
+    raise FsError(device, f"`{proc.describe(argv)}` exited with status {done.returncode}: {said}")
+
+
+# --------------------------------------------------------------------------- formatting
+
+# A token never contains "/" (no paths: mkfs -d, -p, -r, journal devices...) nor anything
+# a shell would read; "^" is allowed because ext4 feature negation needs it (-O ^has_journal).
+_TOKEN: Final = re.compile(r"[A-Za-z0-9=,._:^-]+")
+# Flag -> does it take a value. Flags absent here are refused: dry runs (-n, -N for xfs)
+# that would "succeed" without formatting, -S (rewrites superblocks only), -d/-p
+# (populate from a path), -r (realtime device), -e/-U (errors=panic, duplicate UUIDs)...
+_MKFS_FLAGS: Final[dict[str, dict[str, bool]]] = {
+    "ext4": {
+        "-b": True,
+        "-C": True,
+        "-E": True,
+        "-G": True,
+        "-g": True,
+        "-i": True,
+        "-I": True,
+        "-J": True,
+        "-L": True,
+        "-m": True,
+        "-N": True,
+        "-O": True,
+        "-T": True,
+        "-j": False,
+    },
+    "xfs": {
+        "-b": True,
+        "-d": True,
+        "-i": True,
+        "-l": True,
+        "-L": True,
+        "-m": True,
+        "-n": True,
+        "-s": True,
+        "-K": False,
+    },
+}
+# Sub-options that would point mkfs.xfs at another file or device.
+_XFS_FORBIDDEN_SUBOPTS: Final = frozenset({"name", "file", "logdev", "rtdev"})
+
+
+def validate_mkfs_options(fs_type: str, options: str) -> list[str]:
+    """The whitespace-separated ``options`` as argv tokens, checked against the allowlist.
+
+    Each flag is a separate token and its value (if it takes one) the next token, e.g.
+    ``"-E lazy_itable_init=1,lazy_journal_init=1 -m 1 -L data"``. Raises
+    UnsupportedFsError for an unknown fs type, InvalidFsOptionError naming the token.
+    """
+    if fs_type not in _MKFS_FLAGS:
+        raise UnsupportedFsError(fs_type)
+    flags = _MKFS_FLAGS[fs_type]
+    tokens = options.split()
+    for token in tokens:
+        if not _TOKEN.fullmatch(token):
+            raise InvalidFsOptionError(token, "characters outside [A-Za-z0-9=,._:^-]")
+    result: list[str] = []
+    i = 0
+    while i < len(tokens):
+        flag = tokens[i]
+        if flag not in flags:
+            raise InvalidFsOptionError(flag, f"not an allowed mkfs.{fs_type} flag")
+        result.append(flag)
+        i += 1
+        if not flags[flag]:
+            continue
+        if i >= len(tokens):
+            raise InvalidFsOptionError(flag, "needs a value")
+        value = tokens[i]
+        if value.startswith("-"):
+            raise InvalidFsOptionError(value, f"value of {flag} starts with '-'")
+        if fs_type == "xfs":
+            for sub in value.split(","):
+                if sub.partition("=")[0] in _XFS_FORBIDDEN_SUBOPTS:
+                    raise InvalidFsOptionError(value, f"sub-option {sub!r} names a file")
+        result.append(value)
+        i += 1
+    return result
+
+
+async def make_fs(
+    device: Path | str,
+    fs_type: str,
+    options: str = "",
+    *,
+    timeout: float = MKFS_TIMEOUT,
+) -> None:
+    """Create ``fs_type`` on a blank ``device``.
+
+    Refuses (FormatRefusedError) when :func:`detect` finds anything, when the device is
+    mounted, open by a process, or when something is stacked on it; the probe is repeated
+    here whatever the caller checked before. ext4: ``mkfs.ext4 -F -q``; xfs:
+    ``mkfs.xfs -f -q`` (the force flags only skip prompts and mkfs's own weaker checks:
+    ours ran first).
+    """
+    if fs_type not in SUPPORTED:
+        raise UnsupportedFsError(fs_type)
+    tokens = validate_mkfs_options(fs_type, options)
+    device = Path(device)
+    if not device.is_absolute():
+        raise FsError(device, "device path must be absolute")
+    existing = await detect(device)
+    if existing is not None:
+        raise FormatRefusedError(device, f"refusing to format: already has {existing}")
+    stacked = holders(device)
+    if stacked:
+        raise DeviceInUseError(device, f"refusing to format: held by {', '.join(stacked)}")
+    mounted = mounts_of_device(device)
+    if mounted:
+        raise DeviceInUseError(device, f"refusing to format: mounted at {mounted[0].mount_point}")
+    # mkfs's O_EXCL only stops kernel users; a process using the device raw does not.
+    users = open_by(device)
+    if users:
+        pids = ", ".join(map(str, users))
+        raise DeviceInUseError(device, f"refusing to format: open by pid {pids}")
+    if fs_type == "ext4":
+        argv = ["mkfs.ext4", "-F", "-q", *tokens, str(device)]
+    else:
+        argv = ["mkfs.xfs", "-f", "-q", *tokens, str(device)]
+    done = await proc.run(argv, timeout=timeout, check=False)
+    if done.returncode != 0:
+        said = proc.excerpt(done.stderr) or proc.excerpt(done.stdout) or "no output"
+        raise FsError(
+            device, f"`{proc.describe(argv)}` exited with status {done.returncode}: {said}"
+        )
+
+
+# --------------------------------------------------------------------------- growing
+
+
+@dataclass(frozen=True, slots=True)
+class FsStats:
+    total_bytes: int
+    available_bytes: int  # what an unprivileged writer can still use (f_bavail)
+    used_bytes: int
+    total_inodes: int
+    free_inodes: int
+    used_inodes: int
+
+
+def stats(path: Path | str) -> FsStats:
+    """Capacity and inode counts of the filesystem holding ``path`` (``os.statvfs``)."""
+    st = os.statvfs(path)
+    return FsStats(
+        total_bytes=st.f_blocks * st.f_frsize,
+        available_bytes=st.f_bavail * st.f_frsize,
+        used_bytes=(st.f_blocks - st.f_bfree) * st.f_frsize,
+        total_inodes=st.f_files,
+        free_inodes=st.f_ffree,
+        used_inodes=st.f_files - st.f_ffree,
+    )
+
+
+async def grow_fs(
+    device: Path | str,
+    mount_point: Path | str,
+    fs_type: str,
+    *,
+    timeout: float = GROW_TIMEOUT,
+) -> FsStats:
+    """Grow the mounted filesystem on ``device`` to the device's size; return new stats.
+
+    ext4: ``resize2fs <device>`` (online). xfs: ``xfs_growfs -d <mount_point>`` (xfs grows
+    only through a mount point). ``mount_point`` must be a mount of ``device``: xfs_growfs on
+    the wrong path would grow some other filesystem.
+    """
+    if fs_type not in SUPPORTED:
+        raise UnsupportedFsError(fs_type)
+    device = Path(device)
+    mount_point = Path(os.path.realpath(mount_point))
+    wanted = major_minor(_block_device(device).st_rdev)
+    if not any(
+        m.mount_point == mount_point and m.major_minor == wanted for m in mounts_of_device(device)
+    ):
+        raise FsError(device, f"{mount_point} is not a mount of this device; not growing")
+    if fs_type == "ext4":
+        argv = ["resize2fs", str(device)]
+    else:
+        argv = ["xfs_growfs", "-d", str(mount_point)]
+    done = await proc.run(argv, timeout=timeout, check=False)
+    if done.returncode != 0:
+        said = proc.excerpt(done.stderr) or proc.excerpt(done.stdout) or "no output"
+        if "Permission denied to resize" in said:
+            # EXT4_IOC_RESIZE_FS wants CAP_SYS_RESOURCE, which root in a container without
+            # `privileged: true` may lack: say so, the message alone misleads.
+            said += " (online ext4 resize needs CAP_SYS_RESOURCE in the node plugin)"
+        raise FsError(
+            device, f"`{proc.describe(argv)}` exited with status {done.returncode}: {said}"
+        )
+    return stats(mount_point)
+
+
+# --------------------------------------------------------------------------- block devices
+
+
+def _sysfs_dir(device: Path | str, sysfs: Path) -> Path:
+    # By device number rather than by name: a node made by a container runtime can be called
+    # anything, the number is what the kernel knows it by.
+    return sysfs / "dev" / "block" / major_minor(_block_device(device).st_rdev)
+
+
+def block_size_bytes(device: Path | str, *, sysfs: Path = _SYSFS) -> int:
+    """Size of the block device in bytes.
+
+    sysfs ``size`` counts 512-byte sectors whatever the logical block size. Falls back to
+    the BLKGETSIZE64 ioctl where sysfs is not mounted (some containers).
+    """
+    size_file = _sysfs_dir(device, sysfs) / "size"
+    try:
+        return int(size_file.read_text().strip()) * 512
+    except FileNotFoundError:
+        pass
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        buf = fcntl.ioctl(fd, _BLKGETSIZE64, b"\0" * 8)
+    finally:
+        os.close(fd)
+    size: int = struct.unpack("Q", buf)[0]
+    return size
+
+
+def holders(device: Path | str, *, sysfs: Path = _SYSFS) -> list[str]:
+    """Kernel names of devices stacked on ``device`` (device-mapper, md): sorted.
+
+    Raises FsError when sysfs has no entry for the device: "could not look" is not "none".
+    """
+    directory = _sysfs_dir(device, sysfs) / "holders"
+    try:
+        return sorted(os.listdir(directory))
+    except FileNotFoundError:
+        raise FsError(device, f"no {directory} in sysfs; cannot tell what holds it") from None
+
+
+def _fd_mount_id(fdinfo: Path) -> int | None:
+    try:
+        text = fdinfo.read_text()
+    except OSError:
+        return None
+    match = re.search(r"^mnt_id:\s*([0-9]+)", text, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+class _MountTypes:
+    """mount id -> fs type, per mount namespace, read lazily once per scan."""
+
+    def __init__(self, proc_root: Path) -> None:
+        self._proc_root = proc_root
+        self._by_namespace: dict[str, dict[int, str]] = {}
+
+    def fs_type(self, pid: str, mount_id: int) -> str | None:
+        try:
+            namespace = os.readlink(self._proc_root / pid / "ns" / "mnt")
+        except OSError:
+            namespace = f"pid:{pid}"
+        table = self._by_namespace.get(namespace)
+        if table is None:
+            try:
+                text = os.fsdecode((self._proc_root / pid / "mountinfo").read_bytes())
+                table = {m.mount_id: m.fs_type for m in parse_mountinfo(text)}
+            except (OSError, ValueError):
+                table = {}
+            self._by_namespace[namespace] = table
+        return table.get(mount_id)
+
+
+def open_by(device: Path | str, *, proc_root: Path = _PROC) -> list[int]:
+    """Pids of processes holding ``device`` open (through any name of it): sorted.
+
+    Each ``/proc/<pid>/fd/<n>`` matches when its link text is the device's resolved path, or
+    when it is a block device with the same ``st_rdev`` (a pod opening the published bind,
+    a container's own node). Processes and fds that vanish mid-scan, and ones we may not
+    look at, are skipped. Only fds on devtmpfs/tmpfs (found through ``fdinfo``'s
+    ``mnt_id``) are stat-ed: elsewhere a stat could hang on a dead disk (maybe the very
+    device being checked) or server, and device nodes do not live there. When the mount
+    cannot be told, the fd is stat-ed: finding a user beats a fast answer.
+
+    Kernel-held references (a mount, a loop device backed by the node, device-mapper) do
+    not show here: see :func:`mounts_of_device` and :func:`holders`.
+    """
+    device = Path(device)
+    rdev = _block_device(device).st_rdev
+    real = os.path.realpath(device)
+    types = _MountTypes(proc_root)
+    found: list[int] = []
+    try:
+        entries = os.listdir(proc_root)
+    except OSError as exc:
+        raise FsError(device, f"cannot list {proc_root}: {exc}") from None
+    for pid in entries:
+        if not pid.isdigit():
+            continue
+        fd_dir = proc_root / pid / "fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue  # exited, or not ours to look at
+        for fd in fds:
+            if _fd_holds(fd_dir / fd, real, rdev, pid, types):
+                found.append(int(pid))
+                break
+    return sorted(found)
+
+
+def _fd_holds(link: Path, real: str, rdev: int, pid: str, types: _MountTypes) -> bool:
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return False
+    if target == real:
+        return True
+    if not target.startswith("/"):
+        return False  # socket:[...], pipe:[...], anon_inode:...
+    mount_id = _fd_mount_id(link.parent.parent / "fdinfo" / link.name)
+    if mount_id is not None:
+        fs_type = types.fs_type(pid, mount_id)
+        if fs_type is not None and fs_type not in DEVICE_NODE_FS:
+            return False  # a file on a disk or a server: not a device node, never stat it
+    try:
+        st = os.stat(link)
+    except OSError:
+        return False  # the fd or the process went away, or is not ours to look at
+    return stat.S_ISBLK(st.st_mode) and st.st_rdev == rdev
