@@ -10,9 +10,11 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from .clock import Clock
+from .clock import Clock, TimerHandle
 from .config import DriverConfig
-from .csi.attachments import AttachmentBook, NodeDirectory, StaticNodes
+from .control.nodes import NodeBook, NodeView
+from .control.reconcile import reconcile_attachments
+from .csi.attachments import AttachmentBook
 from .csi.controller import ControllerService, ControllerSettings
 from .csi.identity import IdentityService
 from .csi.node import NodeService, NodeSettings
@@ -38,26 +40,40 @@ class ControllerApp:
     rds: RDSConnection
     store: VolumeStore
     attachments: AttachmentBook
-    nodes: NodeDirectory
+    nodes: NodeBook
     reconciler: Reconciler
     server: CSIServer
+    clock: Clock
+    _resync: TimerHandle | None = None
 
     async def start(self) -> None:
         if self.server.node is not None:
             await self.server.node.cleanup_orphans()
         self.reconciler.start()
+        self._arm_resync()
         await self.rds.start()  # returns at once; an unreachable appliance means backoff
         await self.server.start()
 
+    def _arm_resync(self) -> None:
+        # A periodic pass backs up the triggers (a missed watch event, a clock jump).
+        def fire() -> None:
+            if self.reconciler.running:
+                self.reconciler.trigger("resync")
+                self._arm_resync()
+
+        self._resync = self.clock.call_later(self.config.resync_period, fire)
+
     async def stop(self) -> None:
+        if self._resync is not None:
+            self._resync.cancel()
         await self.server.stop()
         await self.reconciler.stop()
         await self.rds.close()
 
     async def _reconcile(self, reasons: frozenset[str]) -> None:
-        outcome = self.attachments.reconcile(self.nodes)
+        outcome = reconcile_attachments(self.attachments, self.nodes)
         if outcome:
-            log.info("reconcile (%s): %s", ", ".join(sorted(reasons)), outcome)
+            log.info("reconcile (%s): %s", ", ".join(sorted(reasons)), dict(outcome))
 
 
 def node_transports(config: DriverConfig) -> dict[str, Transport]:
@@ -115,7 +131,6 @@ def build_controller(
     clock: Clock,
     sink: EventSink,
     registry: CollectorRegistry = REGISTRY,
-    nodes: NodeDirectory | None = None,
     rng: random.Random | None = None,
 ) -> ControllerApp:
     """The controller; with `config.node` the same process serves the Node service too
@@ -127,7 +142,7 @@ def build_controller(
     async def run_pass(reasons: frozenset[str]) -> None:
         await holder[0]._reconcile(reasons)
 
-    reconciler = Reconciler(run_pass)
+    reconciler = Reconciler(run_pass, registry=registry)
     machines = build_machines(
         clock, sink, reconciler, registry, extra_listeners=(TransitionLogger(),)
     )
@@ -168,7 +183,13 @@ def build_controller(
         state,
         wake=reconciler.trigger,
     )
-    directory = nodes or StaticNodes(list(config.known_nodes))
+    directory = NodeBook(machines.node)
+    if config.known_nodes:
+        # Standalone: an in-memory view of the configured nodes feeds the same machines the
+        # Kubernetes informer feeds in a cluster.
+        for name in config.known_nodes:
+            directory.observe(NodeView(name, ready=True), clock.monotonic())
+        directory.synced = True
     identity = IdentityService(config.name, True, lambda: rds.connected)
     controller = ControllerService(
         ControllerSettings(
@@ -191,6 +212,7 @@ def build_controller(
         directory,
         reconciler,
         CSIServer(config.socket_path, identity, controller, node),
+        clock,
     )
     holder.append(app)
     return app

@@ -71,6 +71,7 @@ class DriverConfig:
     transport: Literal["nvme-tcp", "loop"] = "nvme-tcp"  # loop: the built-in simulator
     grace_period: float = attrs.field(default=30.0, validator=_positive)
     migration_timeout: float = attrs.field(default=300.0, validator=_positive)
+    resync_period: float = attrs.field(default=300.0, validator=_positive)  # backs up triggers
     known_nodes: list[str] = attrs.Factory(list)  # standalone: nodes that may attach
     state_dir: str = ""  # standalone: where attachments are kept across restarts
     node_state_dir: str = "/var/lib/rdscsi"  # node: per-volume records (how to reach devices)

@@ -358,3 +358,34 @@ async def test_orphan_loop_sessions_are_cleaned_at_start(node: Node) -> None:
     finally:
         subprocess.run(["losetup", "-d", foreign], capture_output=True)
         subprocess.run(["losetup", "-d", orphan], capture_output=True)
+
+
+async def test_delete_before_unstage_still_unstages_cleanly(node: Node) -> None:
+    # kubelet misorder: the volume is deleted on the appliance while still staged here
+    cap = mount_cap()
+    vol = await provision(node, cap)
+    await stage(node, vol, cap)
+    await node.controller.ControllerUnpublishVolume(
+        pb.ControllerUnpublishVolumeRequest(volume_id=vol.volume_id, node_id=NODE)
+    )
+    await node.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vol.volume_id))
+    stats = await node.node.NodeGetVolumeStats(
+        pb.NodeGetVolumeStatsRequest(
+            volume_id=vol.volume_id, volume_path=str(node.staging(vol.volume_id))
+        )
+    )
+    assert stats.volume_condition.abnormal and "gone" in stats.volume_condition.message
+    await unstage(node, vol.volume_id)
+    assert not mounted(node.staging(vol.volume_id))
+    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert str(node.sim.store.files_root) not in out  # the deleted file's loop is gone too
+
+
+async def test_read_only_block_publish_is_refused(node: Node) -> None:
+    cap = block_cap()
+    vol = await provision(node, cap, size=16 << 20)
+    await stage(node, vol, cap)
+    code, msg = await fail(publish(node, vol, cap, readonly=True))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "read-only" in msg
+    assert not node.target(vol.volume_id).exists()
+    await unstage(node, vol.volume_id)

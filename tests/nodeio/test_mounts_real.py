@@ -5,11 +5,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from rdscsi.io import fs
+from rdscsi.io import fs, proc
 from rdscsi.io.mounts import (
     AlreadyMountedError,
     InvalidMountOptionError,
@@ -87,6 +89,26 @@ async def test_read_only_bind_refuses_writes(node: Node) -> None:
     # Only the bind is read-only, the staging mount is not.
     (staging / "new").write_text("x")
     assert (publish / "new").read_text() == "x"
+
+
+async def test_failed_read_only_step_undoes_the_bind(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A writable bind where read-only was asked for must not survive a failed remount.
+    _, staging = await staged(node)
+    real_run = proc.run
+
+    async def remount_fails(argv: Sequence[str], **kwargs: Any) -> proc.Completed:
+        if "remount,bind,ro" in argv:
+            return proc.Completed(tuple(argv), 32, "", "mount: permission denied (test)")
+        return await real_run(argv, **kwargs)
+
+    monkeypatch.setattr(proc, "run", remount_fails)
+    publish = make_dir_target(node.work / "ro")
+    with pytest.raises(MountError, match="permission denied"):
+        await bind(staging, publish, read_only=True)
+    assert not is_mount_point(publish)
+    assert is_mount_point(staging)
 
 
 async def test_block_bind_is_seen_through_devtmpfs(node: Node) -> None:

@@ -29,20 +29,6 @@ class NodeDirectory(Protocol):
     def evidence(self, node_id: str) -> bool: ...
 
 
-class StaticNodes:
-    """Standalone mode: the configured nodes (the local one in `rdscsi run`); they never
-    die, so there is never evidence to release an attachment on."""
-
-    def __init__(self, nodes: list[str]) -> None:
-        self.nodes = set(nodes)
-
-    def known(self, node_id: str) -> bool:
-        return node_id in self.nodes
-
-    def evidence(self, node_id: str) -> bool:
-        return False
-
-
 class AttachmentBook:
     def __init__(
         self,
@@ -107,20 +93,11 @@ class AttachmentBook:
         model = self.models[volume_id]
         step = self.engine.send(model, event, self._input(node, evidence=evidence))
         self._changed(model)
+        if step.target == "stale" and step.source != "stale" and self._wake is not None:
+            # Clear promptly when the grace period ends (if there is evidence by then).
+            wake = self._wake
+            self.clock.call_later(self.grace_s, lambda: wake(f"grace:{volume_id}"))
         return step
-
-    def reconcile(self, nodes: NodeDirectory) -> dict[str, int]:
-        """One pass over the attachments that wait on time: stale ones (evidence and grace)
-        and migrating ones (deadline). Returns how many took each transition target."""
-        outcome: dict[str, int] = {}
-        for vid, model in list(self.models.items()):
-            if model.state not in ("stale", "migrating"):
-                continue
-            holder = model.node or ""
-            evidence = model.state == "stale" and nodes.evidence(holder)
-            step = self.send(vid, "reconcile", holder, evidence)
-            outcome[step.target] = outcome.get(step.target, 0) + 1
-        return outcome
 
     def forget(self, volume_id: str) -> None:
         """The volume is deleted: stop tracking it (only when detached)."""

@@ -398,6 +398,11 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         cap = check_capability(req.volume_capability)
         staging, dest = Path(req.staging_target_path), Path(req.target_path)
         read_only = req.readonly or req.volume_capability.access_mode.mode in READ_ONLY_MODES
+        if read_only and cap.block:
+            raise invalid(
+                "readonly: a raw block volume cannot be published read-only (a "
+                "read-only bind of a device node does not stop writes)"
+            )
         with self.locks.hold(vid):
             record = self._load(vid)
             if record is None:

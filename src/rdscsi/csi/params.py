@@ -86,6 +86,11 @@ def check_capability(cap: pb.VolumeCapability, where: str = "volume_capability")
             f"{where}: MULTI_NODE_MULTI_WRITER needs a block volume (a filesystem mounted on "
             "two nodes at once would be corrupted)"
         )
+    if block and mode == AccessMode.SINGLE_NODE_READER_ONLY:
+        raise invalid(
+            f"{where}: a read-only raw block volume is not supported: a read-only bind of a "
+            "device node does not stop writes"
+        )
     if not block and cap.mount.fs_type not in FS_TYPES:
         raise invalid(f"{where}: fs_type {cap.mount.fs_type!r} is not one of ext4, xfs")
     return CapabilityCheck(block=block, multi_node=mode == AccessMode.MULTI_NODE_MULTI_WRITER)

@@ -8,10 +8,12 @@ reconciler that is not running is a harmless no-op (nothing is queued for later)
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Counter
 
 from ..machines.engine import Step
 
@@ -23,8 +25,20 @@ PassFn = Callable[[frozenset[str]], Awaitable[None]]
 class Reconciler:
     """Runs `run_pass(reasons)` once per coalesced batch of triggers, one pass at a time."""
 
-    def __init__(self, run_pass: PassFn, name: str = "reconcile") -> None:
+    def __init__(
+        self, run_pass: PassFn, name: str = "reconcile", registry: CollectorRegistry | None = None
+    ) -> None:
         self._run_pass = run_pass
+        self._passes = (
+            Counter(
+                "rds_csi_reconcile_passes_total",
+                "Reconcile passes run, by what triggered them",
+                ["trigger"],
+                registry=registry,
+            )
+            if registry is not None
+            else None
+        )
         self.name = name
         self._wake = asyncio.Event()
         self._reasons: set[str] = set()
@@ -32,7 +46,7 @@ class Reconciler:
         self._running = False
         self.passes = 0
         self.failures = 0
-        self.triggers: Counter[str] = Counter()
+        self.triggers: collections.Counter[str] = collections.Counter()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -81,6 +95,10 @@ class Reconciler:
                 self.failures += 1
                 log.exception("%s pass failed (triggered by %s)", self.name, sorted(reasons))
             self.passes += 1
+            if self._passes is not None:
+                # "connection:succeeded" counts as "connection", "grace:pvc-1" as "grace"
+                for kind in sorted({r.split(":", 1)[0] for r in reasons}):
+                    self._passes.labels(kind).inc()
             if not self._wake.is_set():
                 self._idle.set()
 

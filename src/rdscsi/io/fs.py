@@ -32,6 +32,8 @@ PROBE_TIMEOUT: Final = 30.0
 # mkfs with lazy init is quick, but discard of a large thin device can take minutes.
 MKFS_TIMEOUT: Final = 600.0
 GROW_TIMEOUT: Final = 600.0
+# How long make_fs waits for short-lived openers (udev's probe) to go before refusing.
+OPENER_SETTLE: Final = 2.0
 
 # detect() results that are not a filesystem type but still mean "do not format".
 PARTITION_TABLE_PREFIX: Final = "partition-table:"
@@ -267,10 +269,9 @@ async def make_fs(
     if mounted:
         raise DeviceInUseError(device, f"refusing to format: mounted at {mounted[0].mount_point}")
     # mkfs's O_EXCL only stops kernel users; a process using the device raw does not.
-    users = open_by(device)
+    users = await _openers_after_settling(device)
     if users:
-        pids = ", ".join(map(str, users))
-        raise DeviceInUseError(device, f"refusing to format: open by pid {pids}")
+        raise DeviceInUseError(device, f"refusing to format: open by {_describe_pids(users)}")
     if fs_type == "ext4":
         argv = ["mkfs.ext4", "-F", "-q", *tokens, str(device)]
     else:
@@ -281,6 +282,32 @@ async def make_fs(
         raise FsError(
             device, f"`{proc.describe(argv)}` exited with status {done.returncode}: {said}"
         )
+
+
+async def _openers_after_settling(device: Path) -> list[int]:
+    """Openers of ``device`` that are still there after a short wait.
+
+    A device that just appeared is probed by udev (blkid) and similar scanners for a few
+    milliseconds; those must not turn into a refusal. A real user stays open.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + OPENER_SETTLE
+    while True:
+        users = await asyncio.to_thread(open_by, device)
+        if not users or loop.time() >= deadline:
+            return users
+        await asyncio.sleep(0.1)
+
+
+def _describe_pids(pids: list[int], proc_root: Path = _PROC) -> str:
+    named = []
+    for pid in pids:
+        try:
+            comm = (proc_root / str(pid) / "comm").read_text().strip()
+        except OSError:
+            comm = "?"
+        named.append(f"pid {pid} ({comm})")
+    return ", ".join(named)
 
 
 # --------------------------------------------------------------------------- growing
