@@ -626,3 +626,20 @@ async def test_bad_requests_per_rpc(
     await create(cluster)
     got, msg = await code_of(getattr(cluster.controller, method)(request_))
     assert got == code and needle in msg, (got, msg)
+
+
+async def test_only_the_leader_mutates(cluster: Cluster) -> None:
+    await create(cluster)
+    assert cluster.app.server.controller is not None
+    cluster.app.server.controller._is_leader = lambda: False
+    for call in (
+        create(cluster, name=PVC2),
+        cluster.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=PVC)),
+        publish(cluster, "node-a"),
+        cluster.controller.CreateSnapshot(pb.CreateSnapshotRequest(name="s", source_volume_id=PVC)),
+    ):
+        code, msg = await code_of(call)
+        assert code == grpc.StatusCode.UNAVAILABLE and "not the leader" in msg
+    listed = await cluster.controller.ListVolumes(pb.ListVolumesRequest())
+    assert [e.volume.volume_id for e in listed.entries] == [PVC]  # reads still answer
+    assert cluster.disks() == [PVC]

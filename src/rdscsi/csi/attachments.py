@@ -99,6 +99,34 @@ class AttachmentBook:
             self.clock.call_later(self.grace_s, lambda: wake(f"grace:{volume_id}"))
         return step
 
+    def rebuild(self, held: dict[str, list[tuple[str, bool]]]) -> list[str]:
+        """Replace every attachment with what the cluster records (VolumeAttachments that are
+        attached): volume id -> [(node, rwx_block)]. Two nodes on a read-write-many block
+        volume is a migration in flight; anything else on two nodes is reported, and the
+        first node kept (the machine then refuses the other until it detaches)."""
+        problems: list[str] = []
+        for model in self.models.values():
+            self.engine.forget(model)
+        self.models.clear()
+        now = self.clock.monotonic()
+        for volume_id, holders in sorted(held.items()):
+            holders = sorted(set(holders))
+            model = AttachmentModel(volume_id)
+            model.node, model.rwx_block = holders[0]
+            state = "attached"
+            if len(holders) == 2 and all(rwx for _, rwx in holders):
+                model.peer, state = holders[1][0], "migrating"
+                model.deadline = now + self.migration_s
+            elif len(holders) > 1:
+                problems.append(
+                    f"volume {volume_id} is recorded on nodes "
+                    f"{', '.join(n for n, _ in holders)}; keeping {model.node}"
+                )
+            self.engine.track(model, state)
+            self.models[volume_id] = model
+        self._save()
+        return problems
+
     def forget(self, volume_id: str) -> None:
         """The volume is deleted: stop tracking it (only when detached)."""
         model = self.models.pop(volume_id, None)

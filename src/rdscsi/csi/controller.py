@@ -9,7 +9,7 @@ volume or snapshot gets ABORTED), and names the object in every error.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,14 +67,24 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         attachments: AttachmentBook,
         nodes: NodeDirectory,
         locks: OperationLocks | None = None,
+        is_leader: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
+        # Two replicas are safe: only the Lease holder changes the appliance or attachments.
+        self._is_leader = is_leader or (lambda: True)
         self.store = store
         self.attachments = attachments
         self.nodes = nodes
         self.locks = locks or OperationLocks()
 
     # --- helpers ------------------------------------------------------------------------------
+
+    def _leader(self, what: str) -> None:
+        if not self._is_leader():
+            raise RPCError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{what}: this controller replica is not the leader; retry",
+            )
 
     def _topology(self) -> pb.Topology:
         return pb.Topology(segments={self.settings.topology_key: self.settings.appliance})
@@ -153,6 +163,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
 
     @rpc
     async def CreateVolume(self, req: pb.CreateVolumeRequest, ctx: Any) -> pb.CreateVolumeResponse:
+        self._leader(f"volume {req.name}")
         if not req.name:
             raise invalid("name: required")
         check_capabilities(list(req.volume_capabilities))
@@ -213,6 +224,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
 
     @rpc
     async def DeleteVolume(self, req: pb.DeleteVolumeRequest, ctx: Any) -> pb.DeleteVolumeResponse:
+        self._leader(f"volume {req.volume_id}")
         vid = req.volume_id
         if not vid:
             raise invalid("volume_id: required")
@@ -234,6 +246,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     async def ControllerPublishVolume(
         self, req: pb.ControllerPublishVolumeRequest, ctx: Any
     ) -> pb.ControllerPublishVolumeResponse:
+        self._leader(f"volume {req.volume_id}")
         vid, node = req.volume_id, req.node_id
         if not vid:
             raise invalid("volume_id: required")
@@ -266,6 +279,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     async def ControllerUnpublishVolume(
         self, req: pb.ControllerUnpublishVolumeRequest, ctx: Any
     ) -> pb.ControllerUnpublishVolumeResponse:
+        self._leader(f"volume {req.volume_id}")
         vid = req.volume_id
         if not vid:
             raise invalid("volume_id: required")
@@ -362,6 +376,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     async def ControllerExpandVolume(
         self, req: pb.ControllerExpandVolumeRequest, ctx: Any
     ) -> pb.ControllerExpandVolumeResponse:
+        self._leader(f"volume {req.volume_id}")
         vid = req.volume_id
         if not vid:
             raise invalid("volume_id: required")
@@ -391,6 +406,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     async def CreateSnapshot(
         self, req: pb.CreateSnapshotRequest, ctx: Any
     ) -> pb.CreateSnapshotResponse:
+        self._leader(f"snapshot {req.name}")
         if not req.name:
             raise invalid("name: required")
         src = req.source_volume_id
@@ -423,6 +439,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     async def DeleteSnapshot(
         self, req: pb.DeleteSnapshotRequest, ctx: Any
     ) -> pb.DeleteSnapshotResponse:
+        self._leader(f"snapshot {req.snapshot_id}")
         sid = req.snapshot_id
         if not sid:
             raise invalid("snapshot_id: required")
