@@ -46,10 +46,12 @@ class ControllerApp:
     clock: Clock
     _resync: TimerHandle | None = None
 
-    async def start(self) -> None:
+    async def start(self, reconcile: bool = True) -> None:
+        """`reconcile=False` in a cluster: the reconciler starts when this replica leads."""
         if self.server.node is not None:
             await self.server.node.cleanup_orphans()
-        self.reconciler.start()
+        if reconcile:
+            self.reconciler.start()
         self._arm_resync()
         await self.rds.start()  # returns at once; an unreachable appliance means backoff
         await self.server.start()

@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--controller", action="store_true", help="serve Identity and Controller")
     p.add_argument("--node", action="store_true", help="serve Identity and Node")
     p.add_argument("--node-state-dir", help="node: where per-volume records live")
+    p.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="controller: watch Nodes, rebuild from VolumeAttachments, post Events, "
+        "elect a leader with a Lease",
+    )
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     p.add_argument("--endpoint", help="unix:///PATH of the CSI socket")
     p.add_argument("--node-id", help="this node's id")
     p.add_argument("--name", help="CSI plugin name (default rds.csi.mikrotik.com)")

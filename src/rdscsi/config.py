@@ -72,6 +72,12 @@ class DriverConfig:
     grace_period: float = attrs.field(default=30.0, validator=_positive)
     migration_timeout: float = attrs.field(default=300.0, validator=_positive)
     resync_period: float = attrs.field(default=300.0, validator=_positive)  # backs up triggers
+    kubernetes: bool = False  # feed nodes, attachments, events and leadership from the cluster
+    kubeconfig: str = ""  # empty: in-cluster service account, else $KUBECONFIG/~/.kube/config
+    lease_namespace: str = ""  # empty: the pod's namespace (POD_NAMESPACE), else kube-system
+    lease_duration: float = attrs.field(default=15.0, validator=_positive)
+    renew_deadline: float = attrs.field(default=10.0, validator=_positive)
+    retry_period: float = attrs.field(default=2.0, validator=_positive)
     known_nodes: list[str] = attrs.Factory(list)  # standalone: nodes that may attach
     state_dir: str = ""  # standalone: where attachments are kept across restarts
     node_state_dir: str = "/var/lib/rdscsi"  # node: per-volume records (how to reach devices)
@@ -83,6 +89,11 @@ class DriverConfig:
             raise ConfigError(f"name: {self.name!r} is not a DNS-style plugin name")
         if not (self.controller or self.node):
             raise ConfigError("controller/node: enable at least one service")
+        if not self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ConfigError(
+                "lease_duration/renew_deadline/retry_period: need retry_period < "
+                "renew_deadline < lease_duration"
+            )
         if self.node and not self.node_id:
             raise ConfigError("node_id: required for the node service")
         if self.node and self.transport == "loop" and not self.loop_root:

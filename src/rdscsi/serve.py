@@ -13,16 +13,17 @@ from .signals import until_stopped
 
 
 async def serve(config: DriverConfig) -> int:
-    # Cluster events go to the log until the Kubernetes sink is wired in.
+    clock = LoopClock()
+    if config.controller and config.kubernetes:
+        return await _serve_in_cluster(config, clock)
+    # Without a cluster, events go to the log.
     sink = MemorySink(log_events=True)
     app: ControllerApp | NodeApp
     if config.controller:
-        app = build_controller(config, LoopClock(), sink, REGISTRY)
+        app = build_controller(config, clock, sink, REGISTRY)
     else:
-        app = build_node(config, LoopClock(), sink, REGISTRY)
-    if config.metrics_address:
-        host, port = split_address(config.metrics_address)
-        start_http_server(port, host)
+        app = build_node(config, clock, sink, REGISTRY)
+    _metrics(config)
     await app.start()
     what = " and ".join(
         n for n, on in (("controller", config.controller), ("node", config.node)) if on
@@ -32,4 +33,45 @@ async def serve(config: DriverConfig) -> int:
         await until_stopped()
     finally:
         await app.stop()
+    return 0
+
+
+def _metrics(config: DriverConfig) -> None:
+    if config.metrics_address:
+        host, port = split_address(config.metrics_address)
+        start_http_server(port, host)
+
+
+async def _serve_in_cluster(config: DriverConfig, clock: LoopClock) -> int:
+    from .cluster import ClusterBinding, instance_name
+    from .io.kube.client import api_client
+    from .io.kube.events import KubeEventSink, pod_ref_from_env
+
+    api = await api_client(config.kubeconfig or None)
+    sink = KubeEventSink(
+        api,
+        f"{config.name}/controller",
+        instance_name(),
+        "default",
+        clock,
+        appliance_ref=pod_ref_from_env(),
+    )
+    app = build_controller(config, clock, sink, REGISTRY)
+    binding = ClusterBinding(app, api, sink, clock)
+    _metrics(config)
+    sink.start()
+    await app.start(reconcile=False)
+    await binding.start()
+    print(
+        f"rdscsi serve: {config.name} controller on {config.endpoint}, in the cluster as "
+        f"{binding.identity}",
+        flush=True,
+    )
+    try:
+        await until_stopped()
+    finally:
+        await binding.stop()
+        await app.stop()
+        await sink.stop()
+        await api.close()  # type: ignore[no-untyped-call]
     return 0
