@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) bench/machines.py --json
 	$(PY) bench/rds.py --json
 	$(PY) bench/provision.py --json
+	$(PY) bench/reconcile.py --json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -212,7 +212,9 @@ def validate_meta(kind: Kind, obj: Obj, *, check_name: bool = True) -> list[Caus
     causes: list[Cause] = []
     name = meta.get("name")
     if not name:
-        causes.append(Cause(REQUIRED, "metadata.name", "Required value: name or generateName is required"))
+        causes.append(
+            Cause(REQUIRED, "metadata.name", "Required value: name or generateName is required")
+        )
     elif check_name and not dns_subdomain(name):
         causes.append(
             invalid(
@@ -241,7 +243,9 @@ def validate_meta(kind: Kind, obj: Obj, *, check_name: bool = True) -> list[Caus
         if not found and "/" not in finalizer and finalizer not in _STANDARD_FINALIZERS:
             found = [
                 invalid(
-                    path, finalizer, "name is neither a standard finalizer name nor is it fully qualified"
+                    path,
+                    finalizer,
+                    "name is neither a standard finalizer name nor is it fully qualified",
                 )
             ]
         causes += found
@@ -267,7 +271,12 @@ def _validate_volume_attachment(kind: Kind, obj: Obj, old: Obj | None) -> list[C
     given = [k for k in ("persistentVolumeName", "inlineVolumeSpec") if source.get(k)]
     if len(given) != 1:
         causes.append(
-            Cause(REQUIRED, "spec.source", "Required value: must specify exactly one of inlineVolumeSpec and persistentVolumeName")
+            Cause(
+                REQUIRED,
+                "spec.source",
+                "Required value: must specify exactly one of inlineVolumeSpec and "
+                "persistentVolumeName",
+            )
         )
     if old is not None and spec != (old.get("spec") or {}):
         causes.append(_immutable("spec", "<spec>"))
@@ -300,7 +309,9 @@ def _validate_pv(kind: Kind, obj: Obj, old: Obj | None) -> list[Cause]:
         causes.append(required("spec.capacity"))
     sources = [s for s in _PV_SOURCES if spec.get(s)]
     if len(sources) != 1:
-        causes.append(Cause(REQUIRED, "spec", "Required value: must specify exactly one volume type"))
+        causes.append(
+            Cause(REQUIRED, "spec", "Required value: must specify exactly one volume type")
+        )
     csi = spec.get("csi")
     if csi:
         if not csi.get("driver"):
@@ -311,7 +322,10 @@ def _validate_pv(kind: Kind, obj: Obj, old: Obj | None) -> list[Cause]:
         old_spec = old.get("spec") or {}
         if any(spec.get(s) != old_spec.get(s) for s in _PV_SOURCES):
             causes.append(
-                forbidden("spec.persistentvolumesource", "spec.persistentvolumesource is immutable after creation")
+                forbidden(
+                    "spec.persistentvolumesource",
+                    "spec.persistentvolumesource is immutable after creation",
+                )
             )
         if spec.get("volumeMode") != old_spec.get("volumeMode"):
             causes.append(_immutable("spec.volumeMode", spec.get("volumeMode")))
@@ -357,7 +371,9 @@ def _validate_lease(kind: Kind, obj: Obj, old: Obj | None) -> list[Cause]:
         causes.append(invalid("spec.leaseDurationSeconds", duration, "must be greater than 0"))
     transitions = spec.get("leaseTransitions")
     if transitions is not None and (not isinstance(transitions, int) or transitions < 0):
-        causes.append(invalid("spec.leaseTransitions", transitions, "must be greater than or equal to 0"))
+        causes.append(
+            invalid("spec.leaseTransitions", transitions, "must be greater than or equal to 0")
+        )
     return causes
 
 
@@ -378,14 +394,20 @@ def _validate_event(kind: Kind, obj: Obj, old: Obj | None) -> list[Cause]:
     if not event.get("eventTime"):
         if involved_ns:
             if namespace != involved_ns:
-                causes.append(invalid(f"{regarding}.namespace", involved_ns, "does not match event.namespace"))
+                causes.append(
+                    invalid(f"{regarding}.namespace", involved_ns, "does not match event.namespace")
+                )
         elif namespace not in ("", "default"):
-            causes.append(invalid(f"{regarding}.namespace", involved_ns, "does not match event.namespace"))
+            causes.append(
+                invalid(f"{regarding}.namespace", involved_ns, "does not match event.namespace")
+            )
     else:
         # An event about a cluster-scoped object (a Node, a PV) may only live in
         # default or kube-system.
         if not involved_ns and namespace not in ("default", "kube-system"):
-            causes.append(invalid(f"{regarding}.namespace", involved_ns, "does not match event.namespace"))
+            causes.append(
+                invalid(f"{regarding}.namespace", involved_ns, "does not match event.namespace")
+            )
         if not event.get("reportingComponent"):
             causes.append(required(controller))
         else:
@@ -403,7 +425,9 @@ def _validate_event(kind: Kind, obj: Obj, old: Obj | None) -> list[Cause]:
         elif len(event["reason"]) > 128:
             causes.append(invalid("reason", "", "can have at most 128 characters"))
         if len(event.get("message") or "") > 1024:
-            causes.append(invalid("note" if strict else "message", "", "can have at most 1024 characters"))
+            causes.append(
+                invalid("note" if strict else "message", "", "can have at most 1024 characters")
+            )
     if not strict:
         return causes
     if old is None:

@@ -9,6 +9,9 @@ The library's elector sleeps on real time, so this is our own, following client-
 - the leader renews every `retry_period`; if no renewal has succeeded for `renew_deadline`
   (< lease_duration), or the Lease shows another holder, it stops leading at once, so it
   has stopped mutating before anyone else can take the lease;
+- `on_started_leading` runs as its own task (long start-up work cannot delay renewals) and
+  is cancelled if leadership ends first; `on_stopped_leading` is awaited before anything
+  else happens, so the caller has stopped mutating when it returns;
 - `stop()` releases a held lease (empty holder) so a successor need not wait.
 """
 
@@ -100,14 +103,22 @@ class LeaderElector:
         self._request_timeout = request_timeout
         self._leader = False
         self._last_renew = -math.inf  # monotonic start of the last successful write
+        self._attempt_started = -math.inf  # monotonic start of the latest attempt
         self._observed: _Record | None = None
         self._observed_at = -math.inf  # monotonic time the observed record last changed
         self.holder = ""  # last holder seen in the Lease ("" released or unknown)
-        self.attempts = 0
-        self.transitions = 0  # times we became leader
+        self.attempts = 0  # finished acquire/renew attempts (any outcome)
+        self.last_outcome: Outcome | None = None
+        self.times_elected = 0
         self._task: asyncio.Task[None] | None = None
+        self._leading: asyncio.Task[None] | None = None  # on_started_leading, while it runs
 
     # --- what the controller asks ---------------------------------------------------------
+
+    @property
+    def renewed_at(self) -> float:
+        """Monotonic time (injected clock) our last successful write started; -inf if none."""
+        return self._last_renew
 
     @property
     def is_leader(self) -> bool:
@@ -127,14 +138,16 @@ class LeaderElector:
         """Stop campaigning. A leader first stops leading (callback), then, with `release`,
         hands the lease back so another replica can take it at once."""
         task, self._task = self._task, None
+        current = asyncio.current_task()
         if task is not None:
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+            # From on_stopped_leading the loop is ourselves: it ends when the callback returns.
+            if task is not current:
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    if current is not None and current.cancelling():
+                        raise
         if self._leader:
             await self._stop_leading("stopping")
             if release:
@@ -149,18 +162,25 @@ class LeaderElector:
     async def _run(self) -> None:
         while True:
             while (await self._bounded(self._attempt(), self.renew_deadline)) is not Outcome.HELD:
-                await self._clock.sleep(self.retry_period)
+                await self._sleep_until(self._attempt_started + self.retry_period)
             self._leader = True
-            self.transitions += 1
+            self.times_elected += 1
             log.info("lease %s/%s: %s is the leader", self.namespace, self.name, self.identity)
-            await self._call(self._on_started, "on_started_leading")
+            # Its own task, as client-go runs OnStartedLeading in a goroutine: start-up work
+            # (listing, rebuilding) must not hold up the renewals that keep the lease.
+            self._leading = asyncio.get_running_loop().create_task(
+                self._call(self._on_started, "on_started_leading"), name="on-started-leading"
+            )
             why = await self._renew_until_lost()
             await self._stop_leading(why)
 
     async def _renew_until_lost(self) -> str:
         while True:
-            await self._clock.sleep(self.retry_period)
-            remaining = self._last_renew + self.renew_deadline - self._clock.monotonic()
+            # Never sleep past the deadline: stepping down must happen on time, not at the
+            # next retry after it.
+            deadline = self._last_renew + self.renew_deadline
+            await self._sleep_until(min(self._attempt_started + self.retry_period, deadline))
+            remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
                 return f"no renewal for {self.renew_deadline:.0f}s"
             outcome = await self._bounded(self._attempt(), remaining)
@@ -178,10 +198,27 @@ class LeaderElector:
         log.warning(
             "lease %s/%s: %s stopped leading: %s", self.namespace, self.name, self.identity, why
         )
+        # Start-up work still running must not go on mutating once we are not the leader.
+        # (Unless it is what called us: on_started_leading may itself call stop().)
+        leading, self._leading = self._leading, None
+        if leading is not None and leading is not asyncio.current_task() and not leading.done():
+            leading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await leading
         await self._call(self._on_stopped, "on_stopped_leading")
+
+    async def _sleep_until(self, when: float) -> None:
+        """Attempts keep a fixed cadence from their starts: however late this loop got to
+        run after the last one, the next is due `retry_period` after that one began."""
+        delay = when - self._clock.monotonic()
+        if delay > 0:
+            await self._clock.sleep(delay)
+        else:
+            await asyncio.sleep(0)  # due already: just let others run first
 
     async def _bounded(self, attempt: Coroutine[Any, Any, Outcome], timeout: float) -> Outcome:
         """Run one attempt, giving up after `timeout` on the injected clock."""
+        self._attempt_started = self._clock.monotonic()
         task = asyncio.ensure_future(attempt)
         expired: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -198,14 +235,20 @@ class LeaderElector:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        if task.done() and not task.cancelled():
-            return task.result()
-        log.debug("lease %s/%s: attempt timed out", self.namespace, self.name)
-        return Outcome.FAILED
+        outcome = Outcome.FAILED
+        if not task.done() or task.cancelled():
+            log.debug("lease %s/%s: attempt timed out", self.namespace, self.name)
+        elif (exc := task.exception()) is not None:
+            # A bug or a malformed Lease must not end the campaign: count it as a failure.
+            log.error("lease %s/%s: attempt failed: %r", self.namespace, self.name, exc)
+        else:
+            outcome = task.result()
+        self.attempts += 1
+        self.last_outcome = outcome
+        return outcome
 
     async def _attempt(self) -> Outcome:
         """Acquire or renew once: read, decide, write with the read resourceVersion."""
-        self.attempts += 1
         now, wall = self._clock.monotonic(), self._clock.wall()
         try:
             lease = await read_json(
@@ -229,17 +272,10 @@ class LeaderElector:
             return Outcome.BUSY
         ours = holder == self.identity
         transitions = int(spec.get("leaseTransitions") or 0)
-        meta: JSON = lease.get("metadata") or {}
         body = V1Lease(
             api_version="coordination.k8s.io/v1",
             kind="Lease",
-            metadata=V1ObjectMeta(
-                name=self.name,
-                namespace=self.namespace,
-                resource_version=meta.get("resourceVersion"),
-                labels=meta.get("labels"),
-                annotations=meta.get("annotations"),
-            ),
+            metadata=self._meta_for_replace(lease),
             spec=V1LeaseSpec(
                 holder_identity=self.identity,
                 lease_duration_seconds=self._duration_s,
@@ -303,17 +339,10 @@ class LeaderElector:
         if (spec.get("holderIdentity") or "") != self.identity:
             return  # already someone else's: nothing of ours to release
         wall = self._clock.wall()
-        meta: JSON = lease.get("metadata") or {}
         body = V1Lease(
             api_version="coordination.k8s.io/v1",
             kind="Lease",
-            metadata=V1ObjectMeta(
-                name=self.name,
-                namespace=self.namespace,
-                resource_version=meta.get("resourceVersion"),
-                labels=meta.get("labels"),
-                annotations=meta.get("annotations"),
-            ),
+            metadata=self._meta_for_replace(lease),
             # An empty holder is acquirable at once by any candidate.
             spec=V1LeaseSpec(
                 holder_identity="",
@@ -331,12 +360,24 @@ class LeaderElector:
         self.holder = ""
         log.info("lease %s/%s released by %s", self.namespace, self.name, self.identity)
 
+    def _meta_for_replace(self, lease: JSON) -> V1ObjectMeta:
+        """The read resourceVersion (a stale one gets 409), keeping labels and annotations
+        others may have set."""
+        meta: JSON = lease.get("metadata") or {}
+        return V1ObjectMeta(
+            name=self.name,
+            namespace=self.namespace,
+            resource_version=meta.get("resourceVersion"),
+            labels=meta.get("labels"),
+            annotations=meta.get("annotations"),
+        )
+
     @property
     def _duration_s(self) -> int:
         return max(1, math.ceil(self.lease_duration))
 
     async def _call(self, callback: Callback | None, what: str) -> None:
-        """Run a callback; it must return promptly (start long work as its own task)."""
+        """Run a callback, logging (not raising) its failure."""
         if callback is None:
             return
         try:

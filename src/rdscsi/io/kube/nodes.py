@@ -239,5 +239,7 @@ class NodeWatcher:
 
 def _why(exc: BaseException) -> str:
     status = status_of(exc)
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"HTTP {status}: {text}" if status else f"{type(exc).__name__}: {text}"
+    if status:
+        return f"HTTP {status} {getattr(exc, 'reason', '') or ''}".strip()
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
