@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+import asyncssh
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -35,3 +37,9 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture(scope="session")
+def client_key() -> asyncssh.SSHKey:
+    """The SSH key every simulator in the suite authorises (one per session: keygen is slow)."""
+    return asyncssh.generate_private_key("ssh-ed25519")

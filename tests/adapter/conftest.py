@@ -52,11 +52,6 @@ class Bench:
         return conn
 
 
-@pytest.fixture(scope="session")
-def client_key() -> asyncssh.SSHKey:
-    return asyncssh.generate_private_key("ssh-ed25519")
-
-
 @pytest.fixture
 async def bench(tmp_path: Path, client_key: asyncssh.SSHKey) -> AsyncIterator[Bench]:
     key_file = tmp_path / "id_ed25519"

@@ -45,11 +45,6 @@ class Cluster:
         await asyncio.wait_for(self.app.rds.wait_for("connected"), 10)
 
 
-@pytest.fixture(scope="session")
-def client_key() -> asyncssh.SSHKey:
-    return asyncssh.generate_private_key("ssh-ed25519")
-
-
 @pytest.fixture
 async def cluster(tmp_path: Path, client_key: asyncssh.SSHKey) -> AsyncIterator[Cluster]:
     key_file = tmp_path / "id"

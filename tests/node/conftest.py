@@ -68,11 +68,6 @@ def cleanup(tmp: Path) -> None:
         subprocess.run(["losetup", "-d", dev], capture_output=True)
 
 
-@pytest.fixture(scope="session")
-def client_key() -> asyncssh.SSHKey:
-    return asyncssh.generate_private_key("ssh-ed25519")
-
-
 @pytest.fixture
 async def node(tmp_path: Path, client_key: asyncssh.SSHKey) -> AsyncIterator[Node]:
     key_file = tmp_path / "id"

@@ -174,11 +174,6 @@ async def tick(r: Replica, seconds: float) -> None:
         await r.app.reconciler.wait_idle()
 
 
-@pytest.fixture(scope="session")
-def client_key() -> asyncssh.SSHKey:
-    return asyncssh.generate_private_key("ssh-ed25519")
-
-
 @pytest.fixture
 async def world(tmp_path: Path, client_key: asyncssh.SSHKey) -> AsyncIterator[World]:
     key_file = tmp_path / "id"

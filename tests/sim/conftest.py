@@ -13,11 +13,6 @@ from rdscsi.sim.units import TIB
 from tests.sim.sim_helpers import connect
 
 
-@pytest.fixture(scope="session")
-def client_key() -> asyncssh.SSHKey:
-    return asyncssh.generate_private_key("ssh-ed25519")
-
-
 @pytest.fixture
 def sim_config(tmp_path: Path, client_key: asyncssh.SSHKey) -> SimConfig:
     return SimConfig(

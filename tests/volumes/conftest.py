@@ -95,11 +95,6 @@ async def until(conn: RDSConnection, predicate: Callable[[], bool]) -> None:
     await asyncio.wait_for(conn.wait_until(predicate), 10)
 
 
-@pytest.fixture(scope="session")
-def client_key() -> asyncssh.SSHKey:
-    return asyncssh.generate_private_key("ssh-ed25519")
-
-
 def _connection(
     sim: Simulator, key_file: Path, clock: ManualClock, sink: MemorySink
 ) -> RDSConnection:
