@@ -7,6 +7,7 @@ leadership) to rebuild the attachment machines from the cluster's record.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -87,13 +88,10 @@ async def list_attachments(
 ) -> list[AttachmentView]:
     """Attachments the cluster records for `driver_name`. Raises on API errors: a partial
     record must not be mistaken for the whole one."""
-    vas, _ = await list_all(
-        StorageV1Api(api).list_volume_attachment_without_preload_content, page_size
-    )
-    if not any(get_path(va, "spec", "attacher") == driver_name for va in vas):
-        return []  # nothing of ours: skip listing every PV
-    pvs, _ = await list_all(
-        CoreV1Api(api).list_persistent_volume_without_preload_content, page_size
+    # Both lists at once: the server serialises one while we parse the other.
+    (vas, _), (pvs, _) = await asyncio.gather(
+        list_all(StorageV1Api(api).list_volume_attachment_without_preload_content, page_size),
+        list_all(CoreV1Api(api).list_persistent_volume_without_preload_content, page_size),
     )
     return join(vas, pvs, driver_name)
 
