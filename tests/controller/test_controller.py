@@ -311,6 +311,10 @@ async def test_migration_deadline_falls_back_to_source(cluster: Cluster) -> None
     await cluster.app.reconciler.wait_idle()
     assert cluster.app.attachments.nodes(PVC) == ("node-a",)
     assert cluster.sink.reasons()[-1] == "MigrationFailed"
+    expired = cluster.registry.get_sample_value(
+        "rds_csi_attachment_reconcile_total", {"action": "expire_migration"}
+    )
+    assert expired == 1
 
 
 BAD_PUBLISH = [

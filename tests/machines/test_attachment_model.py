@@ -115,7 +115,7 @@ TABLE: dict[tuple[str, str], list[tuple[Any, str, Any, tuple[str, ...]]]] = {
             lambda r, n, w, e, t: t >= r.deadline,
             "attached",
             lambda *a: {"peer": None, "deadline": None},
-            ("MigrationFailed",),
+            ("MigrationFailed", "migration_expired"),
         ),
         (lambda *a: True, "migrating", None, ()),
     ],

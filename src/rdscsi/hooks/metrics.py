@@ -99,6 +99,7 @@ RECONCILE_ACTIONS = {
     "marked_stale": "mark_stale",
     "recovered": "recover",
     "stale_cleared": "clear_stale",
+    "migration_expired": "expire_migration",
 }
 
 
@@ -159,6 +160,9 @@ class MetricsListener:
 
     def recovered(self, step: Step) -> None:
         self._actions["recovered"].inc()
+
+    def migration_expired(self, step: Step) -> None:
+        self._actions["migration_expired"].inc()
 
     def repaired(self, step: Step) -> None:
         self.m.node_repairs.inc()

@@ -98,7 +98,7 @@ class AttachmentMachine(StateMachine):
     reconcile = (
           stale.to(detached, cond="clearable", on="unbind", after=["StaleAttachmentCleared", "stale_cleared"])  # evidence and grace: release
         | stale.to(stale)                                                                               # evidence or grace missing: keep waiting
-        | migrating.to(attached, cond="deadline_passed", on="drop_peer", after="MigrationFailed")       # past the deadline: back to the source
+        | migrating.to(attached, cond="deadline_passed", on="drop_peer", after=["MigrationFailed", "migration_expired"])       # past the deadline: back to the source
         | migrating.to(migrating)                                                                       # migration still within its deadline
     )
     # fmt: on
