@@ -84,6 +84,25 @@ def _demo(args: argparse.Namespace) -> int:
     return asyncio.run(demo(args.endpoint, args.node_id))
 
 
+def _config_reference(args: argparse.Namespace) -> int:
+    from .config import reference_markdown
+
+    text = reference_markdown()
+    out = Path(args.out)
+    if args.check:
+        if not out.exists() or out.read_text() != text:
+            print(
+                f"{out}: differs from src/rdscsi/config.py; run `rdscsi config-reference`",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rdscsi", description=__doc__)
     parser.add_argument("--version", action="version", version=f"rdscsi {__version__}")
@@ -143,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", default="unix://.rdscsi/csi.sock", help="CSI endpoint")
     p.add_argument("--node-id", default="", help="node to publish to (default: host name)")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("config-reference", help="write docs/configuration.md from the settings")
+    p.add_argument("--out", default="docs/configuration.md")
+    p.add_argument("--check", action="store_true", help="fail when the file is out of date")
+    p.set_defaults(func=_config_reference)
 
     # Listed for --help; `main` hands their arguments to rdscsi.sim.main unparsed.
     sub.add_parser("sim", help="run the RDS simulator alone (`rdscsi sim --help`)")

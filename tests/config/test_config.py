@@ -75,3 +75,15 @@ def test_serve_reports_bad_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--controller", "--rds-port", "0", "--rds-host-key", KEY]) == 2
     err = capsys.readouterr().err
     assert "configuration" in err and "port: 0 is not a TCP port" in err
+
+
+def test_configuration_reference_is_current() -> None:
+    root = Path(__file__).resolve().parents[2]
+    assert main(["config-reference", "--check", "--out", str(root / "docs/configuration.md")]) == 0
+
+
+def test_every_setting_is_described() -> None:
+    from rdscsi.config import reference_markdown
+
+    rows = [r for r in reference_markdown().splitlines() if r.startswith("| `")]
+    assert rows and all(not r.rstrip().endswith("|  |") for r in rows), "a setting lacks a comment"
