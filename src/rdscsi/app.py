@@ -125,7 +125,12 @@ def build_node(
     )
     node = build_node_service(config, machines)
     identity = IdentityService(config.name, False, lambda: True)
-    return NodeApp(config, machines, node, CSIServer(config.socket_path, identity, node=node))
+    return NodeApp(
+        config,
+        machines,
+        node,
+        CSIServer(config.socket_path, identity, node=node, registry=registry),
+    )
 
 
 def build_controller(
@@ -213,7 +218,7 @@ def build_controller(
         attachments,
         directory,
         reconciler,
-        CSIServer(config.socket_path, identity, controller, node),
+        CSIServer(config.socket_path, identity, controller, node, registry=registry),
         clock,
     )
     holder.append(app)

@@ -14,15 +14,17 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry
 
-from .app import build_controller
+from .app import ControllerApp, NodeApp, build_controller
 from .clock import LoopClock
 from .config import ApplianceConfig, DriverConfig
 from .hooks.events import MemorySink
+from .observe import MetricsServer, split_address
 from .signals import until_stopped
 from .sim import SimConfig, Simulator
 from .sim.control import CONTROL_SOCKET, ControlServer
@@ -39,11 +41,31 @@ class RunOptions:
     node_id: str = ""  # default: this host's name
 
 
-def split_address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"metrics address: expected HOST:PORT, got {text!r}")
-    return host or "0.0.0.0", int(port)
+__all__ = ["RunOptions", "health_of", "run", "split_address", "start_metrics"]
+
+
+def health_of(app: ControllerApp | NodeApp) -> Callable[[], tuple[bool, str]]:
+    """`/healthz`: a controller is healthy while its appliance connection is `connected`; a
+    node-only process while it runs."""
+    if isinstance(app, ControllerApp):
+        rds = app.rds
+
+        def controller() -> tuple[bool, str]:
+            return rds.connected, f"appliance connection {rds.config.name}: {rds.state}"
+
+        return controller
+    return lambda: (True, "ok")
+
+
+async def start_metrics(
+    address: str, registry: CollectorRegistry, app: ControllerApp | NodeApp
+) -> MetricsServer | None:
+    """The `/metrics` and `/healthz` endpoint on this loop; None when `address` is empty."""
+    if not address:
+        return None
+    server = MetricsServer(address, registry, health_of(app))
+    await server.start()
+    return server
 
 
 async def run(options: RunOptions, stop: asyncio.Event | None = None) -> int:
@@ -79,18 +101,21 @@ async def run(options: RunOptions, stop: asyncio.Event | None = None) -> int:
         loop_root=str(sim.store.files_root),
     ).validate()
     app = build_controller(config, LoopClock(), MemorySink(log_events=True), REGISTRY)
-    if options.metrics_address:
-        host, port = split_address(options.metrics_address)
-        start_http_server(port, host)
-    await app.start()
+    metrics = await start_metrics(options.metrics_address, REGISTRY, app)
+    try:
+        await app.start()
+    except BaseException:
+        if metrics is not None:
+            await metrics.stop()
+        raise
 
     print(f"rdscsi run: simulator on {sim.host}:{sim.port} (data in {sim_dir})")
     print(
         f"rdscsi run: CSI Identity, Controller and Node on {config.endpoint} (node {node_id}, "
         "volumes attach as loop devices)"
     )
-    if options.metrics_address:
-        print(f"rdscsi run: metrics on http://{options.metrics_address}/metrics")
+    if metrics is not None:
+        print(f"rdscsi run: metrics on {metrics.url}/metrics, health on {metrics.url}/healthz")
     print(f"rdscsi run: try `rdscsi demo --endpoint {config.endpoint}` in another shell,")
     print(f"            or `rdscsi sim-fault --data-dir {sim_dir} drop` to watch a reconnect")
     print("rdscsi run: Ctrl-C to stop", flush=True)
@@ -98,6 +123,8 @@ async def run(options: RunOptions, stop: asyncio.Event | None = None) -> int:
         await until_stopped(stop)
     finally:
         await app.stop()
+        if metrics is not None:
+            await metrics.stop()
         await control.stop()
         await sim.stop()
     print("rdscsi run: stopped", flush=True)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY
 
 from .app import ControllerApp, NodeApp, build_controller, build_node
 from .clock import LoopClock
 from .config import DriverConfig
 from .hooks.events import MemorySink
-from .run import split_address
+from .run import start_metrics
 from .signals import until_stopped
 
 
@@ -23,8 +23,13 @@ async def serve(config: DriverConfig) -> int:
         app = build_controller(config, clock, sink, REGISTRY)
     else:
         app = build_node(config, clock, sink, REGISTRY)
-    _metrics(config)
-    await app.start()
+    metrics = await start_metrics(config.metrics_address, REGISTRY, app)
+    try:
+        await app.start()
+    except BaseException:
+        if metrics is not None:
+            await metrics.stop()
+        raise
     what = " and ".join(
         n for n, on in (("controller", config.controller), ("node", config.node)) if on
     )
@@ -33,13 +38,9 @@ async def serve(config: DriverConfig) -> int:
         await until_stopped()
     finally:
         await app.stop()
+        if metrics is not None:
+            await metrics.stop()
     return 0
-
-
-def _metrics(config: DriverConfig) -> None:
-    if config.metrics_address:
-        host, port = split_address(config.metrics_address)
-        start_http_server(port, host)
 
 
 async def _serve_in_cluster(config: DriverConfig, clock: LoopClock) -> int:
@@ -58,7 +59,7 @@ async def _serve_in_cluster(config: DriverConfig, clock: LoopClock) -> int:
     )
     app = build_controller(config, clock, sink, REGISTRY)
     binding = ClusterBinding(app, api, sink, clock)
-    _metrics(config)
+    metrics = await start_metrics(config.metrics_address, REGISTRY, app)
     sink.start()
     await app.start(reconcile=False)
     await binding.start()
@@ -74,4 +75,6 @@ async def _serve_in_cluster(config: DriverConfig, clock: LoopClock) -> int:
         await app.stop()
         await sink.stop()
         await api.close()  # type: ignore[no-untyped-call]
+        if metrics is not None:
+            await metrics.stop()
     return 0

@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 
 import grpc
+from prometheus_client import CollectorRegistry
 
+from ..observe import GrpcMetrics
 from . import csi_pb2_grpc
 from .controller import ControllerService
 from .identity import IdentityService
@@ -21,12 +23,15 @@ class CSIServer:
         identity: IdentityService,
         controller: ControllerService | None = None,
         node: NodeService | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.identity = identity
         self.controller = controller
         self.node = node
         self._server: grpc.aio.Server | None = None
+        # Per-RPC series (`rds_csi_grpc_*`) when given a registry; registered once here.
+        self.metrics = GrpcMetrics(registry) if registry is not None else None
 
     @property
     def endpoint(self) -> str:
@@ -37,7 +42,7 @@ class CSIServer:
         # A socket left by a crashed process would make the bind fail.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
-        server = grpc.aio.server()
+        server = grpc.aio.server(interceptors=[self.metrics] if self.metrics else None)
         csi_pb2_grpc.add_IdentityServicer_to_server(self.identity, server)
         if self.controller is not None:
             csi_pb2_grpc.add_ControllerServicer_to_server(self.controller, server)
