@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
 from .clock import Clock, TimerHandle
 from .config import DriverConfig
@@ -27,10 +27,27 @@ from .io.loop import LoopTransport
 from .io.nvme import NvmeTransport
 from .io.rds.commands import CommandBuilder
 from .io.rds.connection import CommandMetrics, RDSConfig, RDSConnection
+from .io.rds.errors import RDSError
 from .io.rds.volumes import StoreSettings, VolumeStore
 from .io.transport import Transport
 
 log = logging.getLogger("rdscsi.app")
+
+
+class PoolGauge:
+    """`rds_csi_pool_bytes{kind="size|free"}`: the appliance pool as last read."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.gauge = Gauge(
+            "rds_csi_pool_bytes",
+            "Appliance storage pool bytes, as last read",
+            ["kind"],
+            registry=registry,
+        )
+
+    def record(self, size: int, free: int) -> None:
+        self.gauge.labels("size").set(size)
+        self.gauge.labels("free").set(free)
 
 
 @dataclass
@@ -44,6 +61,7 @@ class ControllerApp:
     reconciler: Reconciler
     server: CSIServer
     clock: Clock
+    pool: PoolGauge | None = None
     _resync: TimerHandle | None = None
 
     async def start(self, reconcile: bool = True) -> None:
@@ -74,6 +92,16 @@ class ControllerApp:
 
     async def _reconcile(self, reasons: frozenset[str]) -> None:
         outcome = reconcile_attachments(self.attachments, self.nodes)
+        if self.rds.connected and self.pool is not None:
+            # Each pass also refreshes the pool figures, so the dashboard sees capacity even
+            # when no provisioner is asking.
+            try:
+                pool = await self.store.capacity()
+            except RDSError as exc:
+                log.debug("pool capacity not read: %s", exc)
+            else:
+                if pool.size is not None and pool.free is not None:
+                    self.pool.record(pool.size, pool.free)
         if outcome:
             log.info("reconcile (%s): %s", ", ".join(sorted(reasons)), dict(outcome))
 
@@ -208,6 +236,7 @@ def build_controller(
         store,
         attachments,
         directory,
+        on_pool=(pool := PoolGauge(registry)).record,
     )
     node = build_node_service(config, machines) if config.node else None
     app = ControllerApp(
@@ -220,6 +249,7 @@ def build_controller(
         reconciler,
         CSIServer(config.socket_path, identity, controller, node, registry=registry),
         clock,
+        pool,
     )
     holder.append(app)
     return app

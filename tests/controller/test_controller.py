@@ -647,3 +647,14 @@ async def test_only_the_leader_mutates(cluster: Cluster) -> None:
     listed = await cluster.controller.ListVolumes(pb.ListVolumesRequest())
     assert [e.volume.volume_id for e in listed.entries] == [PVC]  # reads still answer
     assert cluster.disks() == [PVC]
+
+
+async def test_pool_capacity_is_recorded(cluster: Cluster) -> None:
+    got = await cluster.controller.GetCapacity(pb.GetCapacityRequest())
+    free = cluster.registry.get_sample_value("rds_csi_pool_bytes", {"kind": "free"})
+    size = cluster.registry.get_sample_value("rds_csi_pool_bytes", {"kind": "size"})
+    assert free == got.available_capacity and size == 64 << 30
+    await create(cluster, size=GIB)
+    cluster.app.reconciler.trigger("test")  # each pass refreshes the figures too
+    await cluster.app.reconciler.wait_idle()
+    assert cluster.registry.get_sample_value("rds_csi_pool_bytes", {"kind": "free"}) == free - GIB

@@ -68,10 +68,12 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         nodes: NodeDirectory,
         locks: OperationLocks | None = None,
         is_leader: Callable[[], bool] | None = None,
+        on_pool: Callable[[int, int], None] | None = None,
     ) -> None:
         self.settings = settings
         # Two replicas are safe: only the Lease holder changes the appliance or attachments.
         self._is_leader = is_leader or (lambda: True)
+        self._on_pool = on_pool  # records pool size and free bytes whenever they are read
         self.store = store
         self.attachments = attachments
         self.nodes = nodes
@@ -368,6 +370,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
             pool = await self.store.capacity()
         except RDSError as exc:
             raise from_rds(exc, "pool capacity") from exc
+        if self._on_pool is not None and pool.size is not None and pool.free is not None:
+            self._on_pool(pool.size, pool.free)
         return pb.GetCapacityResponse(
             available_capacity=pool.free, maximum_volume_size=_wrap(pool.free)
         )
