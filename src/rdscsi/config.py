@@ -197,6 +197,15 @@ def _field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def _type_name(t: object) -> str:
+    # Annotations are strings until cattrs resolves them in place: render both alike.
+    if isinstance(t, type):
+        text = t.__name__
+    else:
+        text = str(t).replace("typing.", "")
+    return text.replace("Literal", "one of ")
+
+
 def reference_markdown() -> str:
     """docs/configuration.md, generated from the configuration classes."""
     rows = [
@@ -225,7 +234,7 @@ def reference_markdown() -> str:
             env = (
                 ENV_PREFIX + (prefix.rstrip(".").upper() + "__" if prefix else "") + f.name.upper()
             )
-            kind = str(f.type).replace("Literal", "one of ")
+            kind = _type_name(f.type)
             rows.append(
                 f"| `{prefix}{f.name}` | `{env}` | {kind} | `{default!r}` "
                 f"| {docs.get(f.name, '')} |"

@@ -78,6 +78,8 @@ def test_serve_reports_bad_config(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_configuration_reference_is_current() -> None:
+    # after a structure (cattrs resolves the annotations in place) the reference is the same
+    load(None, {"controller": True, "rds": {"host_keys": [KEY]}}, {})
     root = Path(__file__).resolve().parents[2]
     assert main(["config-reference", "--check", "--out", str(root / "docs/configuration.md")]) == 0
 
