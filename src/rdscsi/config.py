@@ -199,10 +199,7 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 def _type_name(t: object) -> str:
     # Annotations are strings until cattrs resolves them in place: render both alike.
-    if isinstance(t, type):
-        text = t.__name__
-    else:
-        text = str(t).replace("typing.", "")
+    text = t.__name__ if isinstance(t, type) else str(t).replace("typing.", "")
     return text.replace("Literal", "one of ")
 
 
