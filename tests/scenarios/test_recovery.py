@@ -103,7 +103,10 @@ async def test_controller_restart_half_way_reaches_the_same_outcome(world: World
     assert states(r2, vids) == ["stale"] * 3  # n1 is gone from the Node listing
     await tick(r2, GRACE)
     assert states(r2, vids) == ["detached"] * 3
-    await until(lambda: len(cleared_events(world)) == 3, "events from the new leader")
+    try:
+        await until(lambda: len(cleared_events(world)) == 3, "events from the new leader", 30.0)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; sink {r2.sink.stats}, pending {r2.sink.pending}") from None
 
 
 async def test_node_back_within_grace_keeps_its_volumes(world: World) -> None:
