@@ -25,7 +25,7 @@ from .locks import OperationLocks
 from .naming import is_snapshot_id, is_volume_id, snapshot_id, volume_id
 from .params import check_capabilities, check_capability, pick_size, volume_parameters
 from .rpc import rpc
-from .status import RPCError, from_rds, invalid, not_found, precondition
+from .status import RPCError, from_rds, invalid, not_found, precondition, required
 
 log = logging.getLogger("rdscsi.controller")
 
@@ -166,8 +166,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     @rpc
     async def CreateVolume(self, req: pb.CreateVolumeRequest, ctx: Any) -> pb.CreateVolumeResponse:
         self._leader(f"volume {req.name}")
-        if not req.name:
-            raise invalid("name: required")
+        required(req.name, "name")
         check_capabilities(list(req.volume_capabilities))
         params = volume_parameters(req.parameters)
         vid = volume_id(req.name)
@@ -227,9 +226,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     @rpc
     async def DeleteVolume(self, req: pb.DeleteVolumeRequest, ctx: Any) -> pb.DeleteVolumeResponse:
         self._leader(f"volume {req.volume_id}")
-        vid = req.volume_id
-        if not vid:
-            raise invalid("volume_id: required")
+        vid = required(req.volume_id, "volume_id")
         if not is_volume_id(vid):
             return pb.DeleteVolumeResponse()  # never ours, so already gone
         with self.locks.hold(vid):
@@ -249,11 +246,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         self, req: pb.ControllerPublishVolumeRequest, ctx: Any
     ) -> pb.ControllerPublishVolumeResponse:
         self._leader(f"volume {req.volume_id}")
-        vid, node = req.volume_id, req.node_id
-        if not vid:
-            raise invalid("volume_id: required")
-        if not node:
-            raise invalid("node_id: required")
+        vid = required(req.volume_id, "volume_id")
+        node = required(req.node_id, "node_id")
         if not req.HasField("volume_capability"):
             raise invalid("volume_capability: required")
         cap = check_capability(req.volume_capability)
@@ -282,9 +276,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         self, req: pb.ControllerUnpublishVolumeRequest, ctx: Any
     ) -> pb.ControllerUnpublishVolumeResponse:
         self._leader(f"volume {req.volume_id}")
-        vid = req.volume_id
-        if not vid:
-            raise invalid("volume_id: required")
+        vid = required(req.volume_id, "volume_id")
         with self.locks.hold(vid):
             # An empty node_id means: from every node (CSI spec).
             for node in [req.node_id] if req.node_id else list(self.attachments.nodes(vid)):
@@ -295,9 +287,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     async def ValidateVolumeCapabilities(
         self, req: pb.ValidateVolumeCapabilitiesRequest, ctx: Any
     ) -> pb.ValidateVolumeCapabilitiesResponse:
-        vid = req.volume_id
-        if not vid:
-            raise invalid("volume_id: required")
+        vid = required(req.volume_id, "volume_id")
         if not req.volume_capabilities:
             raise invalid("volume_capabilities: at least one is required")
         if not is_volume_id(vid):
@@ -344,8 +334,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     async def ControllerGetVolume(
         self, req: pb.ControllerGetVolumeRequest, ctx: Any
     ) -> pb.ControllerGetVolumeResponse:
-        if not req.volume_id:
-            raise invalid("volume_id: required")
+        required(req.volume_id, "volume_id")
         if not is_volume_id(req.volume_id):
             raise not_found(f"volume {req.volume_id} does not exist")
         vol = await self._existing_volume(req.volume_id)
@@ -381,9 +370,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         self, req: pb.ControllerExpandVolumeRequest, ctx: Any
     ) -> pb.ControllerExpandVolumeResponse:
         self._leader(f"volume {req.volume_id}")
-        vid = req.volume_id
-        if not vid:
-            raise invalid("volume_id: required")
+        vid = required(req.volume_id, "volume_id")
         if not req.HasField("capacity_range"):
             raise invalid("capacity_range: required")
         block = False
@@ -411,11 +398,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         self, req: pb.CreateSnapshotRequest, ctx: Any
     ) -> pb.CreateSnapshotResponse:
         self._leader(f"snapshot {req.name}")
-        if not req.name:
-            raise invalid("name: required")
-        src = req.source_volume_id
-        if not src:
-            raise invalid("source_volume_id: required")
+        required(req.name, "name")
+        src = required(req.source_volume_id, "source_volume_id")
         sid = snapshot_id(req.name)
         if not is_volume_id(src):
             raise not_found(f"source volume {src} does not exist")
@@ -444,9 +428,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         self, req: pb.DeleteSnapshotRequest, ctx: Any
     ) -> pb.DeleteSnapshotResponse:
         self._leader(f"snapshot {req.snapshot_id}")
-        sid = req.snapshot_id
-        if not sid:
-            raise invalid("snapshot_id: required")
+        sid = required(req.snapshot_id, "snapshot_id")
         if not is_snapshot_id(sid):
             return pb.DeleteSnapshotResponse()
         with self.locks.hold(sid):
@@ -488,9 +470,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
 
     @rpc
     async def GetSnapshot(self, req: pb.GetSnapshotRequest, ctx: Any) -> pb.GetSnapshotResponse:
-        sid = req.snapshot_id
-        if not sid:
-            raise invalid("snapshot_id: required")
+        sid = required(req.snapshot_id, "snapshot_id")
         snap = None
         if is_snapshot_id(sid):
             try:

@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 
 from ..io import fs, mounts
-from ..io.proc import CommandFailed, CommandTimeout, NotInstalled, ProcError
+from ..io.proc import CommandTimeout, ProcError
 from ..io.transport import Target, Transport, TransportError, target_from_context
 from ..machines import Engine, NodeVolumeInput, NodeVolumeModel, Step, TransitionNotAllowed
 from . import csi_pb2 as pb
@@ -30,7 +30,7 @@ from . import csi_pb2_grpc
 from .locks import OperationLocks
 from .params import check_capability, validate_fs_type
 from .rpc import rpc
-from .status import RPCError, invalid, not_found, precondition
+from .status import RPCError, invalid, not_found, precondition, required
 
 log = logging.getLogger("rdscsi.node")
 
@@ -238,11 +238,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     async def NodeStageVolume(
         self, req: pb.NodeStageVolumeRequest, ctx: Any
     ) -> pb.NodeStageVolumeResponse:
-        vid = req.volume_id
-        if not vid:
-            raise invalid("volume_id: required")
-        if not req.staging_target_path:
-            raise invalid("staging_target_path: required")
+        vid = required(req.volume_id, "volume_id")
+        required(req.staging_target_path, "staging_target_path")
         if not req.HasField("volume_capability"):
             raise invalid("volume_capability: required")
         cap = check_capability(req.volume_capability)
@@ -324,11 +321,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     async def NodeUnstageVolume(
         self, req: pb.NodeUnstageVolumeRequest, ctx: Any
     ) -> pb.NodeUnstageVolumeResponse:
-        vid = req.volume_id
-        if not vid:
-            raise invalid("volume_id: required")
-        if not req.staging_target_path:
-            raise invalid("staging_target_path: required")
+        vid = required(req.volume_id, "volume_id")
+        required(req.staging_target_path, "staging_target_path")
         staging = Path(req.staging_target_path)
         with self.locks.hold(vid):
             record = self._load(vid)
@@ -386,11 +380,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     async def NodePublishVolume(
         self, req: pb.NodePublishVolumeRequest, ctx: Any
     ) -> pb.NodePublishVolumeResponse:
-        vid = req.volume_id
-        if not vid:
-            raise invalid("volume_id: required")
-        if not req.target_path:
-            raise invalid("target_path: required")
+        vid = required(req.volume_id, "volume_id")
+        required(req.target_path, "target_path")
         if not req.staging_target_path:
             raise invalid("staging_target_path: required (STAGE_UNSTAGE_VOLUME)")
         if not req.HasField("volume_capability"):
@@ -445,11 +436,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     async def NodeUnpublishVolume(
         self, req: pb.NodeUnpublishVolumeRequest, ctx: Any
     ) -> pb.NodeUnpublishVolumeResponse:
-        vid = req.volume_id
-        if not vid:
-            raise invalid("volume_id: required")
-        if not req.target_path:
-            raise invalid("target_path: required")
+        vid = required(req.volume_id, "volume_id")
+        required(req.target_path, "target_path")
         dest = Path(req.target_path)
         with self.locks.hold(vid):
             record = self._load(vid)
@@ -486,11 +474,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     async def NodeGetVolumeStats(
         self, req: pb.NodeGetVolumeStatsRequest, ctx: Any
     ) -> pb.NodeGetVolumeStatsResponse:
-        vid, path = req.volume_id, Path(req.volume_path)
-        if not vid:
-            raise invalid("volume_id: required")
-        if not req.volume_path:
-            raise invalid("volume_path: required")
+        vid = required(req.volume_id, "volume_id")
+        path = Path(required(req.volume_path, "volume_path"))
         if not path.exists():
             raise not_found(f"volume {vid}: volume_path {path} does not exist")
         condition = await self._condition(vid, path)
@@ -545,11 +530,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     async def NodeExpandVolume(
         self, req: pb.NodeExpandVolumeRequest, ctx: Any
     ) -> pb.NodeExpandVolumeResponse:
-        vid = req.volume_id
-        if not vid:
-            raise invalid("volume_id: required")
-        if not req.volume_path:
-            raise invalid("volume_path: required")
+        vid = required(req.volume_id, "volume_id")
+        required(req.volume_path, "volume_path")
         with self.locks.hold(vid):
             record = self._load(vid)
             if record is None:
@@ -571,12 +553,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
                     grpc.StatusCode.INTERNAL, f"volume {vid}: expansion failed: {exc}"
                 ) from exc
             size = fs.block_size_bytes(device)
-        required = req.capacity_range.required_bytes if req.HasField("capacity_range") else 0
-        if size < required:
+        wanted = req.capacity_range.required_bytes if req.HasField("capacity_range") else 0
+        if size < wanted:
             raise RPCError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"volume {vid}: device {device} is {size} bytes after a rescan, "
-                f"{required} asked (has ControllerExpandVolume finished?)",
+                f"{wanted} asked (has ControllerExpandVolume finished?)",
             )
         return pb.NodeExpandVolumeResponse(capacity_bytes=size)
 
@@ -636,4 +618,4 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         return report
 
 
-__all__ = ["CommandFailed", "NodeService", "NodeSettings", "NotInstalled"]
+__all__ = ["NodeService", "NodeSettings"]

@@ -20,6 +20,13 @@ def invalid(message: str) -> RPCError:
     return RPCError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+def required(value: str, field: str) -> str:
+    """`value`, or INVALID_ARGUMENT naming the empty request field."""
+    if not value:
+        raise invalid(f"{field}: required")
+    return value
+
+
 def not_found(message: str) -> RPCError:
     return RPCError(grpc.StatusCode.NOT_FOUND, message)
 

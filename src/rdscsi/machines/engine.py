@@ -143,7 +143,7 @@ class MachineDef:
 _CONVENTION_PREFIXES = ("before_", "on_", "after_")
 
 
-def _names(grouper: Iterable[Any], transition_event: str) -> tuple[str, ...]:
+def _names(grouper: Iterable[Any]) -> tuple[str, ...]:
     out = []
     for spec in grouper:
         name = getattr(spec, "attr_name", None)
@@ -189,8 +189,8 @@ def compile_machine(cls: type[StateMachine], name: str | None = None) -> Machine
                     event=ev,
                     target=t.target.id,
                     conds=conds,
-                    actions=_names(t.on, ev),
-                    hooks=_names(t.after, ev),
+                    actions=_names(t.on),
+                    hooks=_names(t.after),
                 )
                 transitions.append(tr)
                 guards = tuple((getattr(cls, n), want) for n, want in conds)
