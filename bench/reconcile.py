@@ -7,7 +7,7 @@ Prints {"rebuild_10k_s", "reconcile_pass_10k_ms", "clear_after_grace_ms"} with -
 - reconcile_pass_10k_ms: one full reconcile pass over the 10k attachments; target <= 100 ms;
 - clear_after_grace_ms: real time from a deleted node's grace period running out to its
   attachments being cleared, with a 0.5 s grace; target <= 1000 ms.
-The API server is the project's test server (tests/kubeapi) on loopback, in its own process.
+The API server is the project's own (rdscsi.testing.kubeapi) on loopback, in its own process.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from rdscsi.hooks.events import MemorySink
 from rdscsi.hooks.triggers import Reconciler
 from rdscsi.hooks.wiring import build_machines
 from rdscsi.io.kube.attachments import held_by_volume, list_attachments
-from tests.kubeapi import FakeKube
-from tests.kubeapi import objects as k8s
+from rdscsi.testing.kubeapi import FakeKube
+from rdscsi.testing.kubeapi import objects as k8s
 
 DRIVER = "rds.csi.bench"
 VOLUMES = 10_000

@@ -23,13 +23,13 @@ from .hooks.events import EventSink
 from .hooks.log import TransitionLogger
 from .hooks.triggers import Reconciler
 from .hooks.wiring import Machines, build_machines
-from .io.loop import LoopTransport
-from .io.nvme import NvmeTransport
+from .io.host.loop import LoopTransport
+from .io.host.nvme import NvmeTransport
+from .io.host.transport import Transport
 from .io.rds.commands import CommandBuilder
 from .io.rds.connection import CommandMetrics, RDSConfig, RDSConnection
 from .io.rds.errors import RDSError
 from .io.rds.volumes import StoreSettings, VolumeStore
-from .io.transport import Transport
 
 log = logging.getLogger("rdscsi.app")
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = sorted((ROOT / "src" / "rdscsi" / "io").glob("*.py"))
+SOURCES = sorted((ROOT / "src" / "rdscsi" / "io").rglob("*.py"))
 
 # program -> the Debian package that provides it (the image is Debian-based)
 PACKAGES = {

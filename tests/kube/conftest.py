@@ -11,7 +11,7 @@ import pytest
 from kubernetes.aio.client import ApiClient, Configuration
 
 from rdscsi.clock import ManualClock
-from tests.kubeapi import FakeKube
+from rdscsi.testing.kubeapi import FakeKube
 
 # A port nothing listens on: requests there fail at once with "connection refused".
 DEAD_URL = "http://127.0.0.1:9"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from kubernetes.aio.client import ApiClient
 
 from rdscsi.io.kube.attachments import AttachmentView, list_attachments
-from tests.kubeapi import FakeKube
-from tests.kubeapi.objects import pv, volume_attachment
+from rdscsi.testing.kubeapi import FakeKube
+from rdscsi.testing.kubeapi.objects import pv, volume_attachment
 
 DRIVER = "rds.csi.mikrotik.com"
 

@@ -11,8 +11,8 @@ from kubernetes.aio.client import ApiClient
 from rdscsi.clock import ManualClock
 from rdscsi.hooks.events import NORMAL, WARNING, ClusterEvent, ObjectRef
 from rdscsi.io.kube.events import KubeEventSink, KubeRef
-from tests.kubeapi import FakeKube
-from tests.kubeapi.objects import node, pv
+from rdscsi.testing.kubeapi import FakeKube
+from rdscsi.testing.kubeapi.objects import node, pv
 
 from .conftest import DEAD_URL, new_client, our_tasks, until
 

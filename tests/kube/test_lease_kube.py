@@ -15,8 +15,8 @@ from kubernetes.aio.client import ApiClient
 
 from rdscsi.clock import ManualClock
 from rdscsi.io.kube.lease import LeaderElector, Outcome
-from tests.kubeapi import FakeKube
-from tests.kubeapi.objects import lease
+from rdscsi.testing.kubeapi import FakeKube
+from rdscsi.testing.kubeapi.objects import lease
 
 from .conftest import DEAD_URL, new_client, our_tasks, until
 

@@ -10,8 +10,8 @@ from rdscsi.clock import ManualClock
 from rdscsi.io.kube.nodes import NodeView, NodeWatcher
 from rdscsi.io.kube.ratelimit import Backoff
 from rdscsi.machines.node import OUT_OF_SERVICE_TAINT
-from tests.kubeapi import FakeKube
-from tests.kubeapi.objects import node, pv
+from rdscsi.testing.kubeapi import FakeKube
+from rdscsi.testing.kubeapi.objects import node, pv
 
 from .conftest import DEAD_URL, new_client, our_tasks, until
 

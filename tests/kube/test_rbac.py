@@ -13,8 +13,8 @@ from rdscsi.io.kube.events import KubeEventSink
 from rdscsi.io.kube.lease import LeaderElector
 from rdscsi.io.kube.nodes import NodeWatcher
 from rdscsi.io.kube.rbac import CONTROLLER
-from tests.kubeapi import FakeKube
-from tests.kubeapi.objects import node, pv, volume_attachment
+from rdscsi.testing.kubeapi import FakeKube
+from rdscsi.testing.kubeapi.objects import node, pv, volume_attachment
 
 from .conftest import until
 

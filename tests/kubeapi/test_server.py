@@ -23,8 +23,8 @@ import pytest
 from kubernetes.aio import client, config, watch
 from kubernetes.aio.client import ApiException
 
-from . import Access, FakeKube
-from .objects import lease, node, pv, pvc, volume_attachment
+from rdscsi.testing.kubeapi import Access, FakeKube
+from rdscsi.testing.kubeapi.objects import lease, node, pv, pvc, volume_attachment
 
 DRIVER = "rds.csi.mikrotik.com"
 # Six fractional digits survive Python's isoformat(), which a MicroTime field needs.

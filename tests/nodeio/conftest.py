@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rdscsi.io.mounts import read_mounts
+from rdscsi.io.host.mounts import read_mounts
 
 MiB = 1 << 20
 

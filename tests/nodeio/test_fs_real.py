@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rdscsi.io import fs
-from rdscsi.io.mounts import major_minor, make_dir_target, mount, top_mount, unmount
+from rdscsi.io.host import fs
+from rdscsi.io.host.mounts import major_minor, make_dir_target, mount, top_mount, unmount
 
 from .conftest import MiB, Node
 

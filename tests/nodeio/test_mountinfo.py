@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rdscsi.io.mounts import (
+from rdscsi.io.host.mounts import (
     Mount,
     device_of_mount,
     is_mount_point,

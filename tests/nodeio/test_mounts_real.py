@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from rdscsi.io import fs, proc
-from rdscsi.io.mounts import (
+from rdscsi.io.host import fs, proc
+from rdscsi.io.host.mounts import (
     AlreadyMountedError,
     InvalidMountOptionError,
     MountError,

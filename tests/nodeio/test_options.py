@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from rdscsi.io.fs import (
+from rdscsi.io.host.fs import (
     InvalidFsOptionError,
     UnsupportedFsError,
     validate_mkfs_options,
 )
-from rdscsi.io.mounts import InvalidMountOptionError, validate_mount_options
+from rdscsi.io.host.mounts import InvalidMountOptionError, validate_mount_options
 
 ACCEPTED = [
     "ro",

@@ -22,8 +22,8 @@ from rdscsi.csi import csi_pb2 as pb
 from rdscsi.csi import csi_pb2_grpc
 from rdscsi.io.kube.events import KubeEventSink, KubeRef
 from rdscsi.sim import SimConfig, Simulator
-from tests.kubeapi import FakeKube
-from tests.kubeapi import objects as k8s
+from rdscsi.testing.kubeapi import FakeKube
+from rdscsi.testing.kubeapi import objects as k8s
 
 DRIVER = "rds.csi.test"
 GRACE = 30.0

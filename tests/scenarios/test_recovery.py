@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from rdscsi.csi import csi_pb2 as pb
-from tests.kubeapi import objects as k8s
+from rdscsi.testing.kubeapi import objects as k8s
 
 from .conftest import GRACE, STEP, World, tick, until
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rdscsi.io.nvme import NvmeTransport
+from rdscsi.io.host.nvme import NvmeTransport
 from tests.transport import fake_nvme
 from tests.transport.fakesys import FakeNvmeSys
 

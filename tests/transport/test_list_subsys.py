@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rdscsi.io.nvme import NvmePath, NvmeSubsystem, parse_list_subsys
+from rdscsi.io.host.nvme import NvmePath, NvmeSubsystem, parse_list_subsys
 
 from .conftest import FIXTURES, NQN, OTHER_NQN, ROOT_DISK_NQN
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rdscsi.io.loop import LoopTransport
-from rdscsi.io.transport import InvalidTarget, Session, Target, TransportError
+from rdscsi.io.host.loop import LoopTransport
+from rdscsi.io.host.transport import InvalidTarget, Session, Target, TransportError
 
 from .conftest import NQN
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from rdscsi.io.loop import Attached, LoopTransport
-from rdscsi.io.proc import NotInstalled
-from rdscsi.io.transport import InvalidTarget, Session, Target, Transport
+from rdscsi.io.host.loop import Attached, LoopTransport
+from rdscsi.io.host.proc import NotInstalled
+from rdscsi.io.host.transport import InvalidTarget, Session, Target, Transport
 
 from .conftest import NQN
 

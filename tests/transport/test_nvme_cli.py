@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from rdscsi.io.nvme import NvmeTransport
-from rdscsi.io.proc import CommandFailed, CommandTimeout, NotInstalled
-from rdscsi.io.transport import InvalidTarget, Session, Target, TransportError
+from rdscsi.io.host.nvme import NvmeTransport
+from rdscsi.io.host.proc import CommandFailed, CommandTimeout, NotInstalled
+from rdscsi.io.host.transport import InvalidTarget, Session, Target, TransportError
 from tests.transport.fakesys import FakeNvmeSys
 
 from .conftest import FIXTURES, FOREIGN_NQN, NQN, OTHER_NQN, PREFIX, FakeCli, Naps

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rdscsi.io.nvme import NvmeTransport
-from rdscsi.io.transport import InvalidTarget, Session, Target, Transport
+from rdscsi.io.host.nvme import NvmeTransport
+from rdscsi.io.host.transport import InvalidTarget, Session, Target, Transport
 from tests.transport.fakesys import FakeNvmeSys
 
 from .conftest import (

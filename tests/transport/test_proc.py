@@ -1,4 +1,4 @@
-"""rdscsi.io.proc: real subprocesses, no shell, hard timeouts."""
+"""rdscsi.io.host.proc: real subprocesses, no shell, hard timeouts."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rdscsi.io import proc
-from rdscsi.io.proc import CommandFailed, CommandTimeout, Completed, NotInstalled, run
+from rdscsi.io.host import proc
+from rdscsi.io.host.proc import CommandFailed, CommandTimeout, Completed, NotInstalled, run
 
 PY = sys.executable
 

@@ -1,4 +1,4 @@
-"""rdscsi.io.transport: targets from volume contexts, validation, shared helpers."""
+"""rdscsi.io.host.transport: targets from volume contexts, validation, shared helpers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rdscsi.io.transport import (
+from rdscsi.io.host.transport import (
     DEFAULT_PORT,
     InvalidTarget,
     KeyedLock,

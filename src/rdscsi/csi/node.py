@@ -21,9 +21,9 @@ from typing import Any
 
 import grpc
 
-from ..io import fs, mounts
-from ..io.proc import CommandTimeout, ProcError
-from ..io.transport import Target, Transport, TransportError, target_from_context
+from ..io.host import fs, mounts
+from ..io.host.proc import CommandTimeout, ProcError
+from ..io.host.transport import Target, Transport, TransportError, target_from_context
 from ..machines import Engine, NodeVolumeInput, NodeVolumeModel, Step, TransitionNotAllowed
 from . import csi_pb2 as pb
 from . import csi_pb2_grpc

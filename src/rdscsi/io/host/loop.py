@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from rdscsi.io import proc
-from rdscsi.io.transport import (
+from rdscsi.io.host import proc
+from rdscsi.io.host.transport import (
     InvalidTarget,
     KeyedLock,
     Session,

@@ -1,8 +1,8 @@
 """How a volume's block device appears on a node: the types every transport shares.
 
 A :class:`Transport` turns a :class:`Target` (from the CSI volume context) into a local block
-device and back. Two exist: ``nvme-tcp`` (:mod:`rdscsi.io.nvme`, production) and ``loop``
-(:mod:`rdscsi.io.loop`, the built-in simulator's files attached as loop devices).
+device and back. Two exist: ``nvme-tcp`` (:mod:`rdscsi.io.host.nvme`, production) and ``loop``
+(:mod:`rdscsi.io.host.loop`, the built-in simulator's files attached as loop devices).
 
 Contract, shared by both (the node service relies on it):
 
@@ -15,9 +15,9 @@ Contract, shared by both (the node service relies on it):
 - ``disconnect`` refuses a device that is mounted or held by another block device
   (device-mapper, md), see :func:`device_in_use`: pulling it would lose written data.
 - failures: a command that exits non-zero becomes :class:`TransportError` (naming the volume
-  and its NQN or file; the :class:`~rdscsi.io.proc.CommandFailed` is its ``__cause__``); a
-  command that times out raises :class:`~rdscsi.io.proc.CommandTimeout` (outcome unknown:
-  retry) and a missing program :class:`~rdscsi.io.proc.NotInstalled`, both unchanged. Bad
+  and its NQN or file; the :class:`~rdscsi.io.host.proc.CommandFailed` is its ``__cause__``); a
+  command that times out raises :class:`~rdscsi.io.host.proc.CommandTimeout` (outcome unknown:
+  retry) and a missing program :class:`~rdscsi.io.host.proc.NotInstalled`, both unchanged. Bad
   target values raise :class:`InvalidTarget` (also a ``ValueError``) before anything runs.
 - every transport touches only its own sessions (our NQN prefix, our files root): orphan
   cleaners that matched too broadly have disconnected a host's own root disk.

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from rdscsi.io import proc
-from rdscsi.io.transport import (
+from rdscsi.io.host import proc
+from rdscsi.io.host.transport import (
     DEFAULT_CTRL_LOSS_TMO,
     DEFAULT_KEEP_ALIVE_TMO,
     DEFAULT_RECONNECT_DELAY,
@@ -221,7 +221,7 @@ class NvmeTransport:
 
     def connect_argv(self, target: Target) -> list[str]:
         """The ``nvme connect`` command for ``target``, every value validated (defaults for
-        the options it leaves unset: see :mod:`rdscsi.io.transport`)."""
+        the options it leaves unset: see :mod:`rdscsi.io.host.transport`)."""
         nqn = self._nqn(target)
         try:
             address = validate_address(target.address, "address")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Final, Literal
 
-from rdscsi.io import proc
+from rdscsi.io.host import proc
 
 MOUNTINFO: Final = Path("/proc/self/mountinfo")
 

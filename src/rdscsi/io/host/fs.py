@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from rdscsi.io import proc
-from rdscsi.io.mounts import (
+from rdscsi.io.host import proc
+from rdscsi.io.host.mounts import (
     DEVICE_NODE_FS,
     major_minor,
     mounts_of_device,
