@@ -37,37 +37,62 @@ def _run(args: argparse.Namespace) -> int:
     )
 
 
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, generated from `rdscsi.config.settings()`: a setting cannot
+    exist without its flag, and a flag cannot be dropped on the way to the config."""
+    from .config import settings
+
+    for st in settings():
+        dest = "setting__" + "__".join(st.path)
+        help_text = st.doc or st.key
+        if st.is_list:
+            parser.add_argument(
+                st.flag,
+                dest=dest,
+                action="append",
+                default=None,
+                metavar=st.path[-1].upper().removesuffix("S"),
+                help=f"{help_text} (repeat)",
+            )
+        elif st.field.type is bool or st.field.type == "bool":
+            parser.add_argument(
+                st.flag,
+                dest=dest,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{help_text} (default: {'on' if st.default else 'off'})",
+            )
+        else:
+            parser.add_argument(
+                st.flag,
+                dest=dest,
+                default=None,
+                metavar=st.path[-1].upper(),
+                help=f"{help_text} (default: {st.default!r})",
+            )
+
+
+def flags_from_args(args: argparse.Namespace) -> dict[str, object]:
+    """The flags given on the command line, as the nested mapping `config.load` layers."""
+    flags: dict[str, object] = {}
+    for dest, value in vars(args).items():
+        if not dest.startswith("setting__") or value is None:
+            continue
+        path = dest.removeprefix("setting__").split("__")
+        node = flags
+        for part in path[:-1]:
+            node = node.setdefault(part, {})  # type: ignore[assignment]
+        node[path[-1]] = value
+    return flags
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from .config import ConfigError, load
 
-    flags: dict[str, object] = {}
-    rds: dict[str, object] = {}
-    for name in (
-        "controller",
-        "node",
-        "endpoint",
-        "node_id",
-        "metrics_address",
-        "name",
-        "node_state_dir",
-    ):
-        value = getattr(args, name)
-        if value not in (None, False):
-            flags[name] = value
-    for name in ("address", "port", "user", "key_file", "known_hosts"):
-        value = getattr(args, f"rds_{name}")
-        if value is not None:
-            rds[name] = value
-    if args.rds_host_key:
-        rds["host_keys"] = args.rds_host_key
-    if args.rds_insecure_skip_host_key_check:
-        rds["insecure_skip_host_key_check"] = True
-    if rds:
-        flags["rds"] = rds
     try:
-        config = load(args.config, flags)
+        config = load(args.config, flags_from_args(args))
     except ConfigError as exc:
         print(f"rdscsi serve: configuration: {exc}", file=sys.stderr)
         return 2
@@ -125,37 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run)
 
     p = sub.add_parser("serve", help="serve CSI in a cluster (production entry point)")
-    p.add_argument("--config", help="YAML file (flags and RDSCSI_* variables override it)")
-    p.add_argument("--controller", action="store_true", help="serve Identity and Controller")
-    p.add_argument("--node", action="store_true", help="serve Identity and Node")
-    p.add_argument("--node-state-dir", help="node: where per-volume records live")
-    p.add_argument(
-        "--kubernetes",
-        action="store_true",
-        help="controller: watch Nodes, rebuild from VolumeAttachments, post Events, "
-        "elect a leader with a Lease",
-    )
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
-    p.add_argument("--endpoint", help="unix:///PATH of the CSI socket")
-    p.add_argument("--node-id", help="this node's id")
-    p.add_argument("--name", help="CSI plugin name (default rds.csi.mikrotik.com)")
-    p.add_argument("--metrics-address", help="HOST:PORT for /metrics")
-    p.add_argument("--rds-address", help="appliance SSH address")
-    p.add_argument("--rds-port", type=int, help="appliance SSH port (22)")
-    p.add_argument("--rds-user", help="appliance SSH user")
-    p.add_argument("--rds-key-file", help="SSH private key file")
-    p.add_argument(
-        "--rds-host-key",
-        action="append",
-        default=[],
-        help="pinned appliance host key (repeat while rotating)",
-    )
-    p.add_argument("--rds-known-hosts", help="OpenSSH known_hosts file for the appliance")
-    p.add_argument(
-        "--rds-insecure-skip-host-key-check",
-        action="store_true",
-        help="do not verify the appliance (insecure; warned at every start)",
-    )
+    p.add_argument("--config", help="YAML file (RDSCSI_* variables and flags override it)")
+    add_setting_flags(p)
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("demo", help="drive a volume through its life on a running endpoint")

@@ -40,8 +40,10 @@ def _port(instance: object, attribute: attrs.Attribute[Any], value: int) -> None
 class ApplianceConfig:
     """One RDS appliance: how to reach it over SSH, and where volumes live on it."""
 
+    # One setting per line, its trailing comment the description (help, docs): keep it so.
+    # fmt: off
     address: str = "127.0.0.1"  # SSH address of the appliance
-    port: int = attrs.field(default=22, validator=_port)  # SSH port
+    port: int = attrs.field(default=22, validator=_port)  # SSH port (TCP)
     user: str = "admin"  # SSH user
     key_file: str = ""  # SSH private key
     host_keys: list[str] = attrs.Factory(list)  # pinned public keys; several while rotating
@@ -49,18 +51,20 @@ class ApplianceConfig:
     insecure_skip_host_key_check: bool = False  # explicit opt-out, warned at every start
     name: str = "rds"  # topology value and metrics label
     nvme_address: str = ""  # data-plane address; empty: same as `address`
-    nvme_port: int = attrs.field(default=4420, validator=_port)  # NVMe/TCP port of the exports
+    nvme_port: int = attrs.field(default=4420, validator=_port)  # NVMe/TCP port of the exports (TCP)
     nqn_prefix: str = "nqn.2000-02.com.mikrotik:"  # export NQN = prefix + volume id
     pool_root: str = "/storage-pool/"  # the appliance pool holding the files
     volume_dir: str = "k8s"  # directory under the pool for this driver
-    max_concurrency: int = attrs.field(default=8, validator=_positive)  # SSH channels at once
-    command_timeout: float = attrs.field(default=30.0, validator=_positive)  # seconds per command
+    max_concurrency: int = attrs.field(default=8, validator=_positive)  # SSH channels open at once (commands in flight)
+    command_timeout: float = attrs.field(default=30.0, validator=_positive)  # seconds one appliance command may take
+    # fmt: on
 
 
 @attrs.frozen
 class DriverConfig:
     """Everything `rdscsi serve` needs."""
 
+    # fmt: off
     name: str = "rds.csi.mikrotik.com"  # CSI plugin name (DNS-style)
     controller: bool = False  # serve Identity + Controller
     node: bool = False  # serve Identity + Node (a DaemonSet pod on every node)
@@ -69,20 +73,21 @@ class DriverConfig:
     metrics_address: str = ""  # HOST:PORT; empty disables /metrics
     rds: ApplianceConfig = attrs.Factory(ApplianceConfig)
     transport: Literal["nvme-tcp", "loop"] = "nvme-tcp"  # loop: the built-in simulator
-    grace_period: float = attrs.field(default=30.0, validator=_positive)  # stale wait, seconds
-    migration_timeout: float = attrs.field(default=300.0, validator=_positive)  # seconds
-    resync_period: float = attrs.field(default=300.0, validator=_positive)  # backs up triggers
+    grace_period: float = attrs.field(default=30.0, validator=_positive)  # seconds a stale attachment waits, with evidence, before it is cleared
+    migration_timeout: float = attrs.field(default=300.0, validator=_positive)  # seconds a live migration may hold two nodes
+    resync_period: float = attrs.field(default=300.0, validator=_positive)  # seconds between full reconcile passes (backs up the triggers)
     kubernetes: bool = False  # feed nodes, attachments, events and leadership from the cluster
     kubeconfig: str = ""  # empty: in-cluster service account, else $KUBECONFIG/~/.kube/config
     lease_namespace: str = ""  # empty: the pod's namespace (POD_NAMESPACE), else kube-system
-    lease_duration: float = attrs.field(default=15.0, validator=_positive)  # seconds
-    renew_deadline: float = attrs.field(default=10.0, validator=_positive)  # leader steps down
-    retry_period: float = attrs.field(default=2.0, validator=_positive)  # between Lease attempts
+    lease_duration: float = attrs.field(default=15.0, validator=_positive)  # seconds a Lease is valid without renewal
+    renew_deadline: float = attrs.field(default=10.0, validator=_positive)  # seconds without a renewal before the leader steps down
+    retry_period: float = attrs.field(default=2.0, validator=_positive)  # seconds between Lease attempts
     known_nodes: list[str] = attrs.Factory(list)  # standalone: nodes that may attach
     state_dir: str = ""  # standalone: where attachments are kept across restarts
     node_state_dir: str = "/var/lib/rdscsi"  # node: per-volume records (how to reach devices)
     loop_root: str = ""  # transport "loop": the simulator's files directory
     max_volumes_per_node: int = 0  # reported by NodeGetInfo; 0: no limit
+    # fmt: on
 
     def validate(self) -> DriverConfig:
         if not DNS_NAME.match(self.name):
@@ -147,7 +152,7 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 
 def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     layer: dict[str, Any] = {}
-    lists = {"host_keys", "known_nodes"}
+    lists = {s.path[-1] for s in settings() if s.is_list}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
@@ -186,7 +191,7 @@ def load(
 
 def _field_docs(cls: type) -> dict[str, str]:
     """The trailing comment of each field's line in this module: the one source of the
-    settings' descriptions, for `reference_markdown`."""
+    settings' descriptions, for `reference_markdown` and the command-line help."""
     import inspect
 
     docs: dict[str, str] = {}
@@ -195,6 +200,72 @@ def _field_docs(cls: type) -> dict[str, str]:
         if m:
             docs[m.group(1)] = m.group(2).strip()
     return docs
+
+
+@attrs.frozen
+class Setting:
+    """One leaf setting, as every source spells it: YAML path, environment variable, flag."""
+
+    path: tuple[str, ...]  # ("rds", "port")
+    field: attrs.Attribute[Any]
+    doc: str
+
+    @property
+    def key(self) -> str:
+        return ".".join(self.path)
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + "__".join(p.upper() for p in self.path)
+
+    @property
+    def flag(self) -> str:
+        """`--rds-port`; list settings take one value per flag, so the flag is singular
+        (`--rds-host-key`, repeated)."""
+        *parents, leaf = self.path
+        if self.is_list and leaf.endswith("s"):
+            leaf = leaf[:-1]
+        return "--" + "-".join([*parents, leaf]).replace("_", "-")
+
+    @property
+    def is_list(self) -> bool:
+        return _origin(self.field.type) is list or str(self.field.type).startswith("list")
+
+    @property
+    def default(self) -> Any:
+        default: Any = self.field.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            return default.factory()
+        return default
+
+
+def _origin(t: object) -> object:
+    import typing
+
+    return typing.get_origin(t)
+
+
+# Nested sections: a field whose type is one of these is a group of settings, not a leaf.
+def _sections() -> dict[str, type]:
+    return {"rds": ApplianceConfig}
+
+
+def settings() -> list[Setting]:
+    """Every leaf setting of `DriverConfig`, in declaration order (nested ones after)."""
+    attrs.resolve_types(DriverConfig)
+    attrs.resolve_types(ApplianceConfig)
+    out: list[Setting] = []
+    nested: list[Setting] = []
+    docs = _field_docs(DriverConfig)
+    for f in attrs.fields(DriverConfig):
+        section = _sections().get(f.name)
+        if section is None:
+            out.append(Setting((f.name,), f, docs.get(f.name, "")))
+            continue
+        sub_docs = _field_docs(section)
+        for g in attrs.fields(section):
+            nested.append(Setting((f.name, g.name), g, sub_docs.get(g.name, "")))
+    return out + nested
 
 
 def _type_name(t: object) -> str:
@@ -211,30 +282,25 @@ def reference_markdown() -> str:
         "",
         "`rdscsi serve` reads a YAML file (`--config`), then `RDSCSI_*` environment variables "
         "(nested with `__`, lists comma-separated), then flags; later sources win. A wrong value "
-        "is refused at start with its field named.",
+        "is refused at start with its field named. Every setting has all three spellings.",
         "",
     ]
-    for cls, prefix in ((DriverConfig, ""), (ApplianceConfig, "rds.")):
-        docs = _field_docs(cls)
+    groups: dict[tuple[str, ...], list[Setting]] = {}
+    for setting in settings():
+        groups.setdefault(setting.path[:-1], []).append(setting)
+    for parent, members in groups.items():
+        cls = _sections()[parent[0]] if parent else DriverConfig
         rows += [
-            f"## `{cls.__name__}`" + (" (under `rds:`)" if prefix else ""),
+            f"## `{cls.__name__}`" + (f" (under `{'.'.join(parent)}:`)" if parent else ""),
             "",
-            "| setting | environment | type | default | meaning |",
-            "|---|---|---|---|---|",
+            "| setting | flag | environment | type | default | meaning |",
+            "|---|---|---|---|---|---|",
         ]
-        for f in attrs.fields(cls):
-            if f.name == "rds":
-                continue
-            default = f.default
-            if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-                default = default.factory()
-            env = (
-                ENV_PREFIX + (prefix.rstrip(".").upper() + "__" if prefix else "") + f.name.upper()
-            )
-            kind = _type_name(f.type)
+        for st in members:
+            flag = st.flag + (" (repeat)" if st.is_list else "")
             rows.append(
-                f"| `{prefix}{f.name}` | `{env}` | {kind} | `{default!r}` "
-                f"| {docs.get(f.name, '')} |"
+                f"| `{st.key}` | `{flag}` | `{st.env}` | {_type_name(st.field.type)} "
+                f"| `{st.default!r}` | {st.doc} |"
             )
         rows.append("")
     return "\n".join(rows)
