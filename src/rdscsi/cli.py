@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="fail when the file is out of date")
     p.set_defaults(func=_config_reference)
 
+    from .io.host.identity import add_parser as add_node_init
+
+    add_node_init(sub)  # `node-init`: the node plugin's init container (io/host/identity.py)
+
     # Listed for --help; `main` hands their arguments to rdscsi.sim.main unparsed.
     sub.add_parser("sim", help="run the RDS simulator alone (`rdscsi sim --help`)")
     sub.add_parser("sim-fault", help="inject a fault into a running simulator")
