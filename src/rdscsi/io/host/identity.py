@@ -207,4 +207,3 @@ def add_parser(sub: Any) -> None:
         "--no-module", action="store_true", help="do not load nvme-tcp (a host prerequisite)"
     )
     p.set_defaults(func=_cli)
-
