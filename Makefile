@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: run test lint typecheck unit diagrams proto proto-check bench clean
+.PHONY: run test lint typecheck unit diagrams proto proto-check bench clean constraints
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -42,6 +42,12 @@ bench: $(STAMP)
 	$(PY) bench/rds.py --json
 	$(PY) bench/provision.py --json
 	$(PY) bench/reconcile.py --json
+
+# The image's dependency locks (deploy/image/*.lock, every file hashed): re-run after changing
+# the dependencies in pyproject.toml (tests/image fails until they match).
+constraints: $(STAMP)
+	$(PY) -m pip install --quiet uv
+	$(PY) deploy/image/lock.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
