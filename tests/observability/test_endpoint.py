@@ -47,6 +47,18 @@ def documented() -> dict[str, str]:
     return dict(rows)
 
 
+def pending() -> set[str]:
+    """Rows marked *to be emitted by the controller*: documented ahead of the code that
+    records them (docs/metrics.md says which); not yet expected in a scrape."""
+    return set(
+        re.findall(
+            r"^\| `(rds_csi_[a-z0-9_]+)` \|.*\*to be emitted by the controller\* \|$",
+            DOC.read_text(),
+            re.MULTILINE,
+        )
+    )
+
+
 def dashboard_series() -> set[str]:
     names: set[str] = set()
     dash = json.loads(DASHBOARD.read_text())
@@ -217,6 +229,8 @@ def test_every_documented_series_is_scraped(exercised: str) -> None:
     names = sample_names(exercised)
     missing = []
     for name, kind in documented().items():
+        if name in pending():
+            continue
         wanted = [name + s for s in HISTOGRAM_SUFFIXES] if kind == "histogram" else [name]
         missing += [w for w in wanted if w not in names]
     assert not missing, missing
@@ -246,7 +260,7 @@ def test_dashboard_uses_only_exported_series(exercised: str) -> None:
     doc = set(documented())
     used = dashboard_series()
     assert used - doc == set(), "dashboard series not in docs/metrics.md"
-    assert used - scraped == set(), "dashboard series not exported"
+    assert used - scraped - pending() == set(), "dashboard series not exported"
     # every documented series is on the dashboard
     assert doc - used == set()
 
