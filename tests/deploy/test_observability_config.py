@@ -100,14 +100,18 @@ def _preset_values() -> dict[tuple[str, str], set[str]]:
 
 
 def _error_classes() -> set[str]:
+    """The command failures `Connection.run` counts: the RDSError types of io/rds/errors.py
+    (the classifier's and the transport's; other modules' subclasses fail elsewhere)."""
     from rdscsi.io.rds import errors
 
-    def subclasses(cls: type) -> set[str]:
-        return {s.__name__ for c in cls.__subclasses__() for s in (c,)} | {
-            n for c in cls.__subclasses__() for n in subclasses(c)
-        }
-
-    return subclasses(errors.RDSError)
+    return {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type)
+        and issubclass(value, errors.RDSError)
+        and value is not errors.RDSError
+        and value.__module__ == errors.__name__
+    }
 
 
 def _literal_labels(series: str) -> set[str] | None:
