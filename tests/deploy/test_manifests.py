@@ -512,6 +512,10 @@ def test_controller(objects: list[Obj]) -> None:
     for c in spec["containers"]:
         assert {"name": "socket-dir", "mountPath": "/csi"} in c["volumeMounts"], c["name"]
     assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    # the image's USER (tests/image), so the Secret's group-readable files are readable
+    security = spec["securityContext"]
+    assert (security["runAsUser"], security["runAsGroup"], security["fsGroup"]) == (65532,) * 3
+    assert security["runAsNonRoot"] is True
 
 
 def test_sidecar_workers_and_timeouts_fit_the_appliance_channels(objects: list[Obj]) -> None:
