@@ -519,9 +519,10 @@ def test_controller(objects: list[Obj]) -> None:
 
 
 def test_sidecar_workers_and_timeouts_fit_the_appliance_channels(objects: list[Obj]) -> None:
-    """At most max_concurrency calls per sidecar and 2 x max_concurrency in all, so a call
-    waits for at most one command ahead of it; each --timeout covers that wait plus its
-    longest call's commands at command_timeout each, so the driver answers first."""
+    """At most max_concurrency calls per sidecar and 2 x max_concurrency in all, so a command
+    waits for at most one ahead of it; each --timeout covers its longest call's commands at
+    command_timeout each (which includes the wait for a channel) plus one more for the rest
+    of the call, so the driver answers first."""
     rds = driver_config(objects)["rds"]
     channels, command_timeout = rds["max_concurrency"], rds["command_timeout"]
     assert channels <= 8, "OpenSSH allows 10 sessions per connection: keep headroom"
