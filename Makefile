@@ -1,43 +1,62 @@
-# Both entry points set themselves up: a fresh machine needs only python3 and make.
+# Both entry points set themselves up: a fresh machine needs only python3 (>= 3.11) and make.
+#   make run    installs the driver and its runtime dependencies, then runs it on the simulator
+#   make test   installs the test tools too, then lints, type-checks and runs every test
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-stamp
+PYTHON ?= python3
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
+TEST_STAMP    := $(VENV)/.test-stamp
 HYPOTHESIS_PROFILE ?= ci
 
 .PHONY: run test lint typecheck unit diagrams proto proto-check bench clean constraints
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	    echo "rdscsi needs Python >= 3.11; $(PYTHON) is $$($(PYTHON) -V 2>&1)." \
+	         "Install a newer one, or run: make $(MAKECMDGOALS) PYTHON=python3.12"; exit 1; }
+	@echo "==> creating $(VENV) ($(PYTHON) -m venv)"
+	@$(PYTHON) -m venv $(VENV) || { \
+	    echo "$(PYTHON) -m venv failed: on Debian/Ubuntu install python3-venv first"; exit 1; }
 
-run: $(STAMP)
-	$(VENV)/bin/rdscsi run
+# The driver and its runtime dependencies only: what `make run` needs.
+$(RUNTIME_STAMP): pyproject.toml | $(PY)
+	@echo "==> installing rdscsi and its runtime dependencies into $(VENV) (first time: about a minute)"
+	$(PY) -m pip install --disable-pip-version-check -e .
+	@touch $@
 
-test: $(STAMP) lint typecheck diagrams proto-check unit
+# Plus the test, lint and type-checking tools: what `make test` needs.
+$(TEST_STAMP): pyproject.toml | $(PY)
+	@echo "==> installing rdscsi with its test tools into $(VENV) (first time: a minute or two)"
+	$(PY) -m pip install --disable-pip-version-check -e '.[test]'
+	@touch $@ $(RUNTIME_STAMP)
 
-lint: $(STAMP)
+run: $(RUNTIME_STAMP)
+	@echo "==> $(VENV)/bin/rdscsi run   (Ctrl-C stops it)"
+	@$(VENV)/bin/rdscsi run
+
+test: $(TEST_STAMP) lint typecheck diagrams proto-check unit
+
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(VENV)/bin/mypy
 
-diagrams: $(STAMP)
+diagrams: $(TEST_STAMP)
 	$(VENV)/bin/rdscsi diagrams --check
 
 # The CSI protocol modules are committed protoc output: check they match csi.proto.
-proto-check: $(STAMP)
+proto-check: $(TEST_STAMP)
 	$(PY) -m rdscsi.csi.generate --check
 
-proto: $(STAMP)
+proto: $(TEST_STAMP)
 	$(PY) -m rdscsi.csi.generate
 
-unit: $(STAMP)
+unit: $(TEST_STAMP)
 	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(VENV)/bin/pytest
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(PY) bench/machines.py --json
 	$(PY) bench/rds.py --json
 	$(PY) bench/provision.py --json

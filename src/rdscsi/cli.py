@@ -1,4 +1,4 @@
-"""Command-line entry point (`rdscsi`)."""
+"""rdscsi: a Kubernetes CSI driver for MikroTik ROSE Data Server, built from state machines."""
 
 from __future__ import annotations
 
@@ -8,21 +8,42 @@ from pathlib import Path
 
 from . import __version__
 
+# `rdscsi --help` lists the commands from these two tables, the developer ones apart.
+COMMANDS = {
+    "run": "run the driver on the built-in RDS simulator (no cluster, no appliance)",
+    "demo": "drive a volume through its whole life on a running `rdscsi run`",
+    "serve": "serve CSI in a cluster (the production entry point)",
+    "node-init": "prepare this node's NVMe host identity and nvme-tcp (the node plugin's init)",
+    "sim": "run the RDS simulator alone (`rdscsi sim --help`)",
+    "sim-fault": "inject a fault into a running simulator (`rdscsi sim-fault --help`)",
+}
+DEVELOPER_COMMANDS = {
+    "diagrams": "write specs/ from the state machines (Markdown table, .dot, .svg)",
+    "config-reference": "write docs/configuration.md from the settings",
+}
+
 
 def _diagrams(args: argparse.Namespace) -> int:
     from .machines import diagrams
 
     out = Path(args.out)
     if args.check:
-        stale = diagrams.check(out)
-        for line in stale:
+        report = diagrams.check(out)
+        for line in report.notes:
+            print(line)
+        for line in report.stale:
             print(line, file=sys.stderr)
-        if stale:
+        if report.stale:
             print("run `rdscsi diagrams` and commit the result", file=sys.stderr)
             return 1
         print(f"{out}: up to date")
         return 0
-    for path in diagrams.write(out):
+    try:
+        written = diagrams.write(out)
+    except diagrams.RenderError as exc:
+        print(f"rdscsi diagrams: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
         print(f"wrote {path}")
     return 0
 
@@ -63,12 +84,13 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
                 help=f"{help_text} (default: {'on' if st.default else 'off'})",
             )
         else:
+            shown = "none" if st.default == "" else f"{st.default}"
             parser.add_argument(
                 st.flag,
                 dest=dest,
                 default=None,
                 metavar=st.path[-1].upper(),
-                help=f"{help_text} (default: {st.default!r})",
+                help=f"{help_text} (default: {shown})",
             )
 
 
@@ -89,15 +111,10 @@ def flags_from_args(args: argparse.Namespace) -> dict[str, object]:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .config import ConfigError, load
-
-    try:
-        config = load(args.config, flags_from_args(args))
-    except ConfigError as exc:
-        print(f"rdscsi serve: configuration: {exc}", file=sys.stderr)
-        return 2
+    from .config import load
     from .serve import serve
 
+    config = load(args.config, flags_from_args(args)).prepare()
     return asyncio.run(serve(config))
 
 
@@ -105,8 +122,10 @@ def _demo(args: argparse.Namespace) -> int:
     import asyncio
 
     from .demo import demo
+    from .run import default_endpoint
 
-    return asyncio.run(demo(args.endpoint, args.node_id))
+    endpoint = args.endpoint or default_endpoint(Path(args.state_dir))
+    return asyncio.run(demo(endpoint, args.node_id))
 
 
 def _config_reference(args: argparse.Namespace) -> int:
@@ -128,49 +147,126 @@ def _config_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listing() -> str:
+    width = max(len(n) for n in (*COMMANDS, *DEVELOPER_COMMANDS)) + 2
+    return "\n".join(
+        [
+            "commands:",
+            *(f"  {name:<{width}}{text}" for name, text in COMMANDS.items()),
+            "",
+            "developer commands (for work on rdscsi itself):",
+            *(f"  {name:<{width}}{text}" for name, text in DEVELOPER_COMMANDS.items()),
+        ]
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rdscsi", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="rdscsi",
+        usage="rdscsi [-h] [--version] COMMAND ...",
+        description=f"{__doc__}\n\n{_listing()}",
+        epilog="Start with `rdscsi run`, then `rdscsi demo` in another shell; "
+        "`rdscsi COMMAND --help` describes each command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"rdscsi {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # The listing above is the command list: argparse's own is suppressed.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS)
 
-    p = sub.add_parser("diagrams", help="export every state machine into specs/")
-    p.add_argument("--out", default="specs", help="directory to write (default: specs)")
-    p.add_argument("--check", action="store_true", help="fail when the files are out of date")
-    p.set_defaults(func=_diagrams)
-
-    p = sub.add_parser("run", help="run the driver on the built-in RDS simulator")
-    p.add_argument("--state-dir", default=".rdscsi", help="where state lives (default .rdscsi)")
-    p.add_argument("--endpoint", default="", help="unix:///PATH (default <state-dir>/csi.sock)")
-    p.add_argument("--node-id", default="", help="this node's id (default: host name)")
+    p = sub.add_parser(
+        "run",
+        prog="rdscsi run",
+        description="Run the RDS simulator and the driver against it, in one process, until "
+        "Ctrl-C. The Node service needs root and loop devices; without them the banner says so.",
+    )
+    p.add_argument(
+        "--state-dir",
+        default=".rdscsi",
+        help="directory for the simulator's disks and the driver's state (default: .rdscsi)",
+    )
+    p.add_argument(
+        "--endpoint",
+        default="",
+        help="CSI socket, unix:///ABSOLUTE/PATH (default: unix://<state dir>/csi.sock)",
+    )
+    p.add_argument("--node-id", default="", help="this node's id (default: the host name)")
     p.add_argument(
         "--metrics-address",
         default="127.0.0.1:9809",
-        help="HOST:PORT for /metrics; empty to disable",
+        metavar="HOST:PORT",
+        help="TCP address for /metrics and /healthz; '' disables them (default: 127.0.0.1:9809)",
     )
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("serve", help="serve CSI in a cluster (production entry point)")
-    p.add_argument("--config", help="YAML file (RDSCSI_* variables and flags override it)")
-    add_setting_flags(p)
-    p.set_defaults(func=_serve)
-
-    p = sub.add_parser("demo", help="drive a volume through its life on a running endpoint")
-    p.add_argument("--endpoint", default="unix://.rdscsi/csi.sock", help="CSI endpoint")
-    p.add_argument("--node-id", default="", help="node to publish to (default: host name)")
+    p = sub.add_parser(
+        "demo",
+        prog="rdscsi demo",
+        description="Create, attach, snapshot, expand, restore, stage, publish, write, and "
+        "clean up a volume over CSI, printing each call. Everything it creates is removed at "
+        "the end, even when a step fails.",
+    )
+    p.add_argument(
+        "--state-dir",
+        default=".rdscsi",
+        help="the state directory `rdscsi run` was given; its socket is the endpoint "
+        "(default: .rdscsi)",
+    )
+    p.add_argument(
+        "--endpoint",
+        default="",
+        help="CSI socket, unix:///ABSOLUTE/PATH (default: unix://<state dir>/csi.sock)",
+    )
+    p.add_argument(
+        "--node-id", default="", help="node to attach and publish to (default: the host name)"
+    )
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("config-reference", help="write docs/configuration.md from the settings")
-    p.add_argument("--out", default="docs/configuration.md")
-    p.add_argument("--check", action="store_true", help="fail when the file is out of date")
-    p.set_defaults(func=_config_reference)
+    p = sub.add_parser(
+        "serve",
+        prog="rdscsi serve",
+        description="Serve the CSI Controller and/or Node service. Settings: YAML file "
+        "(--config), then RDSCSI_* variables, then these flags; a wrong value is refused at "
+        "start with its field named.",
+    )
+    p.add_argument(
+        "--config", metavar="FILE", help="YAML settings file (RDSCSI_* variables and flags win)"
+    )
+    add_setting_flags(p)
+    p.set_defaults(func=_serve)
 
     from .io.host.identity import add_parser as add_node_init
 
     add_node_init(sub)  # `node-init`: the node plugin's init container (io/host/identity.py)
 
     # Listed for --help; `main` hands their arguments to rdscsi.sim.main unparsed.
-    sub.add_parser("sim", help="run the RDS simulator alone (`rdscsi sim --help`)")
-    sub.add_parser("sim-fault", help="inject a fault into a running simulator")
+    sub.add_parser("sim")
+    sub.add_parser("sim-fault")
+
+    p = sub.add_parser(
+        "diagrams", prog="rdscsi diagrams", description=DEVELOPER_COMMANDS["diagrams"]
+    )
+    p.add_argument("--out", default="specs", help="directory to write (default: specs)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; fail naming each file that differs from the machines",
+    )
+    p.set_defaults(func=_diagrams)
+
+    p = sub.add_parser(
+        "config-reference",
+        prog="rdscsi config-reference",
+        description=DEVELOPER_COMMANDS["config-reference"],
+    )
+    p.add_argument(
+        "--out",
+        default="docs/configuration.md",
+        help="file to write (default: docs/configuration.md)",
+    )
+    p.add_argument(
+        "--check", action="store_true", help="write nothing; fail when the file is out of date"
+    )
+    p.set_defaults(func=_config_reference)
     return parser
 
 
@@ -191,8 +287,32 @@ def main(argv: list[str] | None = None) -> int:
         from .sim.main import sim_fault_main
 
         return sim_fault_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Runs the command; what a user can fix is one line on stderr, never a traceback."""
+    from .config import ConfigError
+    from .run import StartError
+
+    name = f"rdscsi {args.command}"
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{name}: {problem}", file=sys.stderr)
+        return 2
+    except StartError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

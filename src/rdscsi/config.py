@@ -1,14 +1,22 @@
 """Driver configuration: defaults < YAML file < environment < command-line flags.
 
-Structured with cattrs into frozen attrs classes, so a wrong value anywhere is reported with
-its path (`rds.port: invalid value for type, expected int`) before anything starts.
+Structured with cattrs into frozen attrs classes and checked twice before anything starts,
+each refusal one line naming the field, the value and what is expected
+(`rds.port: 'ssh' is not valid; expected an integer`):
+- `DriverConfig.validate` checks values alone (types, ranges, addresses, endpoint form) and
+  normalises pinned host keys from every form people paste;
+- `DriverConfig.prepare` checks what the values name on this host (key files exist and
+  parse, directories exist or are created), when a command is about to start.
 Environment variables are `RDSCSI_<FIELD>`, nested with `__` (`RDSCSI_RDS__ADDRESS`).
 """
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -16,24 +24,46 @@ from typing import Any, Literal
 import attrs
 import cattrs
 import yaml
-from cattrs.v import format_exception
+
+from .sshkeys import KeyLineError, known_hosts_keys, pinned_keys
 
 ENV_PREFIX = "RDSCSI_"
 DNS_NAME = re.compile(r"^(?=.{1,63}$)[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+HOST_NAME = re.compile(
+    r"^(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
 
 
 class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the field."""
+    """Configuration values are wrong: one line per problem, each naming the field, the value
+    and what is expected."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(problems))
+
+
+def refuse(field: str, value: object, problem: str, expected: str) -> ConfigError:
+    """`rds.port: 'ssh' is not valid; expected an integer`."""
+    shown = "missing" if value in ("", None) else f"{value!r} {problem}"
+    return ConfigError(f"{field}: {shown}; expected {expected}")
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
-        raise ConfigError(f"{attribute.name}: must be > 0, got {value}")
+        raise refuse(attribute.name, value, "is not above 0", "a number above 0")
 
 
 def _port(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if not 0 < value < 65536:
-        raise ConfigError(f"{attribute.name}: {value} is not a TCP port (1..65535)")
+        raise refuse(attribute.name, value, "is not a TCP port", "1..65535")
+
+
+def _not_negative(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value < 0:
+        raise refuse(attribute.name, value, "is negative", "0 or more")
 
 
 @attrs.frozen
@@ -42,20 +72,20 @@ class ApplianceConfig:
 
     # One setting per line, its trailing comment the description (help, docs): keep it so.
     # fmt: off
-    address: str = "127.0.0.1"  # SSH address of the appliance
-    port: int = attrs.field(default=22, validator=_port)  # SSH port (TCP)
-    user: str = "admin"  # SSH user
-    key_file: str = ""  # SSH private key
-    host_keys: list[str] = attrs.Factory(list)  # pinned public keys; several while rotating
-    known_hosts: str = ""  # or an OpenSSH known_hosts file
+    address: str = ""  # SSH (management) address of the appliance: host name or IP; required for the controller
+    port: int = attrs.field(default=22, validator=_port)  # SSH port (TCP port number)
+    user: str = "admin"  # SSH user on the appliance
+    key_file: str = ""  # SSH private key file (OpenSSH or PEM, unencrypted); empty: ~/.ssh keys
+    host_keys: list[str] = attrs.Factory(list)  # pinned host keys, `ssh-ed25519 AAAA…` (known_hosts, ssh-keyscan and authorized_keys lines accepted); several while rotating
+    known_hosts: str = ""  # or an OpenSSH known_hosts file (`<host> <type> <key>` lines)
     insecure_skip_host_key_check: bool = False  # explicit opt-out, warned at every start
     name: str = "rds"  # topology value and metrics label
-    nvme_address: str = ""  # data-plane address; empty: same as `address`
-    nvme_port: int = attrs.field(default=4420, validator=_port)  # NVMe/TCP port of the exports (TCP)
+    nvme_address: str = ""  # data-plane address (host name or IP); empty: same as `address`
+    nvme_port: int = attrs.field(default=4420, validator=_port)  # NVMe/TCP port of the exports (TCP port number)
     nqn_prefix: str = "nqn.2000-02.com.mikrotik:"  # export NQN = prefix + volume id
-    pool_root: str = "/storage-pool/"  # the appliance pool holding the files
+    pool_root: str = "/storage-pool/"  # the appliance pool holding the files (path on the appliance)
     volume_dir: str = "k8s"  # directory under the pool for this driver
-    max_concurrency: int = attrs.field(default=8, validator=_positive)  # SSH channels open at once (commands in flight)
+    max_concurrency: int = attrs.field(default=8, validator=_positive)  # SSH channels open at once (count of commands in flight)
     command_timeout: float = attrs.field(default=30.0, validator=_positive)  # seconds one appliance command may take
     # fmt: on
 
@@ -68,50 +98,123 @@ class DriverConfig:
     name: str = "rds.csi.mikrotik.com"  # CSI plugin name (DNS-style)
     controller: bool = False  # serve Identity + Controller
     node: bool = False  # serve Identity + Node (a DaemonSet pod on every node)
-    endpoint: str = "unix:///csi/csi.sock"  # the CSI socket, unix:///path
+    endpoint: str = "unix:///csi/csi.sock"  # the CSI socket, unix:///ABSOLUTE/PATH; its directory must exist (or be under state_dir)
     node_id: str = ""  # this node's id (the Kubernetes node name)
-    metrics_address: str = ""  # HOST:PORT; empty disables /metrics
+    metrics_address: str = ""  # HOST:PORT (TCP) for /metrics and /healthz, `:9809` for every address; empty disables them
     rds: ApplianceConfig = attrs.Factory(ApplianceConfig)
     transport: Literal["nvme-tcp", "loop"] = "nvme-tcp"  # loop: the built-in simulator
     grace_period: float = attrs.field(default=30.0, validator=_positive)  # seconds a stale attachment waits, with evidence, before it is cleared
     migration_timeout: float = attrs.field(default=300.0, validator=_positive)  # seconds a live migration may hold two nodes
     resync_period: float = attrs.field(default=300.0, validator=_positive)  # seconds between full reconcile passes (backs up the triggers)
     kubernetes: bool = False  # feed nodes, attachments, events and leadership from the cluster
-    kubeconfig: str = ""  # empty: in-cluster service account, else $KUBECONFIG/~/.kube/config
+    kubeconfig: str = ""  # kubeconfig file; empty: in-cluster service account, else $KUBECONFIG/~/.kube/config
     lease_namespace: str = ""  # empty: the pod's namespace (POD_NAMESPACE), else kube-system
     lease_duration: float = attrs.field(default=15.0, validator=_positive)  # seconds a Lease is valid without renewal
     renew_deadline: float = attrs.field(default=10.0, validator=_positive)  # seconds without a renewal before the leader steps down
     retry_period: float = attrs.field(default=2.0, validator=_positive)  # seconds between Lease attempts
     known_nodes: list[str] = attrs.Factory(list)  # standalone: nodes that may attach
-    state_dir: str = ""  # standalone: where attachments are kept across restarts
-    node_state_dir: str = "/var/lib/rdscsi"  # node: per-volume records (how to reach devices)
+    state_dir: str = ""  # standalone: directory where attachments are kept across restarts (created at start)
+    node_state_dir: str = "/var/lib/rdscsi"  # node: directory of per-volume records, how to reach devices (created at start)
     loop_root: str = ""  # transport "loop": the simulator's files directory
-    max_volumes_per_node: int = 0  # reported by NodeGetInfo; 0: no limit
+    max_volumes_per_node: int = attrs.field(default=0, validator=_not_negative)  # volumes per node reported by NodeGetInfo (count); 0: no limit
     # fmt: on
 
     def validate(self) -> DriverConfig:
-        if not DNS_NAME.match(self.name):
-            raise ConfigError(f"name: {self.name!r} is not a DNS-style plugin name")
-        if not (self.controller or self.node):
-            raise ConfigError("controller/node: enable at least one service")
-        if not self.retry_period < self.renew_deadline < self.lease_duration:
-            raise ConfigError(
-                "lease_duration/renew_deadline/retry_period: need retry_period < "
-                "renew_deadline < lease_duration"
+        """The values alone, every problem at once; returns the configuration with the pinned
+        host keys normalised to `<type> <base64>`."""
+        problems: list[str] = []
+
+        def check(ok: bool, error: ConfigError | str) -> None:
+            if not ok:
+                problems.extend(error.problems if isinstance(error, ConfigError) else [error])
+
+        check(
+            bool(DNS_NAME.match(self.name)),
+            refuse("name", self.name, "is not valid", "a DNS-style name (rds.csi.example.com)"),
+        )
+        check(
+            self.controller or self.node,
+            "controller, node: both off; expected at least one service (--controller, --node)",
+        )
+        check(
+            self.retry_period < self.renew_deadline < self.lease_duration,
+            f"lease_duration, renew_deadline, retry_period: {self.lease_duration:g}, "
+            f"{self.renew_deadline:g}, {self.retry_period:g}; expected retry_period < "
+            "renew_deadline < lease_duration",
+        )
+        if self.node:
+            check(bool(self.node_id), refuse("node_id", "", "", "this node's name"))
+        if self.node and self.transport == "loop":
+            check(bool(self.loop_root), refuse("loop_root", "", "", "the simulator's files"))
+        problems.extend(endpoint_problems(self.endpoint))
+        problems.extend(_listen_problems("metrics_address", self.metrics_address))
+        rds = self.rds
+        if self.controller:
+            problems.extend(_host_problems("rds.address", rds.address, True, "rds.port"))
+            check(
+                bool(rds.host_keys or rds.known_hosts or rds.insecure_skip_host_key_check),
+                "rds.host_keys: missing; expected the appliance's host key (or rds.known_hosts; "
+                "skipping verification needs rds.insecure_skip_host_key_check)",
             )
-        if self.node and not self.node_id:
-            raise ConfigError("node_id: required for the node service")
-        if self.node and self.transport == "loop" and not self.loop_root:
-            raise ConfigError("loop_root: required for the loop transport")
-        if not self.endpoint.startswith("unix://"):
-            raise ConfigError(f"endpoint: {self.endpoint!r} must be unix:///path")
-        if self.controller and not (
-            self.rds.host_keys or self.rds.known_hosts or self.rds.insecure_skip_host_key_check
+        if rds.nvme_address:
+            problems.extend(
+                _host_problems("rds.nvme_address", rds.nvme_address, False, "rds.nvme_port")
+            )
+        keys: list[str] = []
+        for index, entry in enumerate(rds.host_keys):
+            try:
+                keys.extend(k for k in pinned_keys(entry) if k not in keys)
+            except KeyLineError as exc:
+                problems.append(
+                    f"rds.host_keys[{index}]: {_excerpt(entry)!r}: {exc}; expected "
+                    "`ssh-ed25519 AAAA…` (a known_hosts or ssh-keyscan line is fine too)"
+                )
+        if problems:
+            raise ConfigError(*problems)
+        if keys == list(rds.host_keys):
+            return self
+        return attrs.evolve(self, rds=attrs.evolve(rds, host_keys=keys))
+
+    def prepare(self) -> DriverConfig:
+        """What the settings name on this host, before a command starts: files exist and
+        parse, directories exist (state directories, and the socket's under them, are
+        created). Every problem at once, as `ConfigError`."""
+        problems: list[str] = []
+        rds = self.rds
+        if self.controller and rds.key_file:
+            problems.extend(_key_file_problems(rds.key_file))
+        if self.controller and rds.known_hosts:
+            problems.extend(_known_hosts_problems(rds.known_hosts))
+        if self.kubeconfig:
+            problems.extend(_file_problems("kubeconfig", self.kubeconfig, "a kubeconfig file"))
+        made: list[Path] = []
+        for field, value, wanted in (
+            ("state_dir", self.state_dir, bool(self.state_dir)),
+            ("node_state_dir", self.node_state_dir, self.node),
         ):
-            raise ConfigError(
-                "rds.host_keys: give the appliance's host key (or rds.known_hosts); skipping "
-                "verification needs rds.insecure_skip_host_key_check"
+            if wanted:
+                problems.extend(_make_dir(field, value))
+                made.append(Path(value).resolve())
+        if self.node and self.transport == "loop" and not Path(self.loop_root).is_dir():
+            problems.append(
+                str(
+                    refuse(
+                        "loop_root", self.loop_root, "is not a directory", "the simulator's files"
+                    )
+                )
             )
+        socket_dir = self.socket_path.parent
+        if not socket_dir.is_dir():
+            if any(socket_dir.resolve().is_relative_to(d) for d in made):
+                if not problems:
+                    problems.extend(_make_dir("endpoint", str(socket_dir)))
+            else:
+                problems.append(
+                    f"endpoint: {self.endpoint!r}: the directory {socket_dir} does not exist; "
+                    "expected an existing directory (or one under state_dir)"
+                )
+        if problems:
+            raise ConfigError(*problems)
         return self
 
     @property
@@ -119,13 +222,222 @@ class DriverConfig:
         return Path(self.endpoint.removeprefix("unix://"))
 
 
-_converter = cattrs.Converter(forbid_extra_keys=True)
+def _excerpt(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _describe(exc: BaseException, type_: type | None) -> str:
+def endpoint_problems(endpoint: str) -> list[str]:
+    expected = "unix:///ABSOLUTE/PATH (e.g. unix:///csi/csi.sock)"
+    if not endpoint.startswith("unix://"):
+        return [str(refuse("endpoint", endpoint, "is not a unix socket", expected))]
+    path = endpoint.removeprefix("unix://")
+    if not path.startswith("/"):
+        # gRPC reads `unix://x.sock` as host `x.sock` and binds `/`: never a relative path
+        return [str(refuse("endpoint", endpoint, "is not an absolute path", expected))]
+    if path.endswith("/") or len(path.encode()) > UNIX_PATH_MAX:
+        return [
+            str(
+                refuse(
+                    "endpoint",
+                    endpoint,
+                    f"is not a socket path of at most {UNIX_PATH_MAX} bytes",
+                    expected,
+                )
+            )
+        ]
+    return []
+
+
+def _host_problems(
+    field: str, value: str, required: bool = False, port_field: str = "the port setting"
+) -> list[str]:
+    expected = "a host name or IP address"
+    if not value:
+        return [str(refuse(field, "", "", expected))] if required else []
+    if "@" in value:
+        return [str(refuse(field, value, "has a user in it (set rds.user)", expected))]
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+        return []
+    except ValueError:
+        pass
+    if ":" in value:
+        return [str(refuse(field, value, f"has a port in it (set {port_field})", expected))]
+    if not HOST_NAME.match(value):
+        return [str(refuse(field, value, "is not valid", expected))]
+    return []
+
+
+def _listen_problems(field: str, value: str) -> list[str]:
+    """`HOST:PORT` (empty host: every address; IPv6 in brackets); empty disables."""
+    expected = "HOST:PORT (e.g. 127.0.0.1:9809, or :9809 for every address)"
+    if not value:
+        return []
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return [str(refuse(field, value, "has no port", expected))]
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        return [str(refuse(field, value, "has no valid TCP port", expected))]
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        return [str(refuse(field, value, "has an unbracketed IPv6 host", expected))]
+    if host and _host_problems(field, host.strip("[]")):
+        return [str(refuse(field, value, "has no valid host", expected))]
+    return []
+
+
+def _file_problems(field: str, path: str, expected: str) -> list[str]:
+    p = Path(path)
+    if not p.exists():
+        return [str(refuse(field, path, "does not exist", expected))]
+    if not p.is_file():
+        return [str(refuse(field, path, "is not a file", expected))]
+    if not os.access(p, os.R_OK):
+        return [str(refuse(field, path, "is not readable by this user", expected))]
+    return []
+
+
+def _key_file_problems(path: str) -> list[str]:
+    import asyncssh
+
+    expected = "a readable, unencrypted SSH private key file"
+    problems = _file_problems("rds.key_file", path, expected)
+    if problems:
+        return problems
+    try:
+        asyncssh.read_private_key(path)
+    except (asyncssh.KeyImportError, ValueError, OSError) as exc:
+        why = "is encrypted" if "assphrase" in str(exc) else f"does not parse ({exc})"
+        return [str(refuse("rds.key_file", path, why, expected))]
+    return []
+
+
+def _known_hosts_problems(path: str) -> list[str]:
+    expected = "an OpenSSH known_hosts file (`<host> ssh-ed25519 AAAA…` lines)"
+    problems = _file_problems("rds.known_hosts", path, expected)
+    if problems:
+        return problems
+    try:
+        count = known_hosts_keys(Path(path).read_text(errors="replace"))
+    except KeyLineError as exc:
+        return [str(refuse("rds.known_hosts", path, str(exc), expected))]
+    if not count:
+        return [str(refuse("rds.known_hosts", path, "holds no host key", expected))]
+    return []
+
+
+def _make_dir(field: str, path: str) -> list[str]:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return [str(refuse(field, path, f"cannot be created ({exc.strerror})", "a directory"))]
+    if not os.access(path, os.W_OK | os.X_OK):
+        return [str(refuse(field, path, "is not writable by this user", "a writable directory"))]
+    return []
+
+
+# --- structuring: strict scalars, and errors that name the field and the value -------------------
+
+
+def _strict_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+
+    def as_str(value: object, _: type) -> str:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise TypeError("text")
+        return str(value)
+
+    def as_bool(value: object, _: type) -> bool:
+        if not isinstance(value, bool):
+            raise TypeError("true or false")
+        return value
+
+    def as_int(value: object, _: type) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise TypeError("an integer")
+        return int(value)
+
+    def as_float(value: object, _: type) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise TypeError("a number")
+        return float(value)
+
+    def as_str_list(value: object, _: type) -> list[str]:
+        # One string is one item (a YAML scalar where a list was meant), never its characters.
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise TypeError("a list of text")
+        return [as_str(v, str) for v in items]
+
+    conv.register_structure_hook(str, as_str)
+    conv.register_structure_hook(bool, as_bool)
+    conv.register_structure_hook(int, as_int)
+    conv.register_structure_hook(float, as_float)
+    conv.register_structure_hook_func(lambda t: t == list[str], as_str_list)
+    return conv
+
+
+_converter = _strict_converter()
+
+
+def _expected(type_: object) -> str:
+    if typing.get_origin(type_) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(type_))
+    names: dict[object, str] = {
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        str: "text",
+        list[str]: "a list of text",
+    }
+    if isinstance(type_, type) and attrs.has(type_):
+        return "a mapping of settings"
+    return names.get(type_, str(type_).replace("typing.", ""))
+
+
+def _lookup(data: object, path: tuple[str, ...]) -> object:
+    for part in path:
+        if isinstance(data, Mapping):
+            data = data.get(part)
+        elif isinstance(data, list) and part.startswith("["):
+            data = data[int(part[1:-1])]
+    return data
+
+
+def _dotted(path: tuple[str, ...]) -> str:
+    return ".".join(path).replace(".[", "[")
+
+
+def _problems(exc: BaseException, path: tuple[str, ...], type_: object, data: object) -> list[str]:
+    """One line per leaf failure of a cattrs validation tree."""
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        known = [f.name for f in attrs.fields(exc.cl)]
+        out = []
+        for key in sorted(exc.extra_fields):
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = (
+                f"a known setting (did you mean {close[0]!r}?)"
+                if close
+                else f"one of {', '.join(known)}"
+            )
+            out.append(f"{_dotted((*path, key))}: unknown setting; expected {hint}")
+        return out
+    if isinstance(exc, cattrs.ClassValidationError | cattrs.IterableValidationError):
+        with_notes, without = exc.group_exceptions()
+        out = []
+        for inner, note in with_notes:
+            step = note.name if hasattr(note, "name") else f"[{note.index}]"
+            out += _problems(inner, (*path, step), note.type, data)
+        for inner in without:
+            out += _problems(inner, path, type_, data)
+        return out
     if isinstance(exc, ConfigError):
-        return str(exc)
-    return format_exception(exc, type_)
+        # attrs validators name the attribute only: add the section in front
+        prefix = _dotted(path) + "." if path else ""
+        return [prefix + p for p in exc.problems]
+    value = _lookup(data, path)
+    if isinstance(type_, type) and attrs.has(type_) and not isinstance(value, Mapping):
+        return [str(refuse(_dotted(path), value, "is not a mapping", "a mapping of settings"))]
+    return [str(refuse(_dotted(path), value, "is not valid", _expected(type_)))]
 
 
 def structure(data: Mapping[str, Any]) -> DriverConfig:
@@ -133,10 +445,7 @@ def structure(data: Mapping[str, Any]) -> DriverConfig:
     try:
         config = _converter.structure(dict(data), DriverConfig)
     except cattrs.BaseValidationError as exc:
-        messages = cattrs.transform_error(exc, path="config", format_exception=_describe)
-        raise ConfigError("; ".join(m.replace("@ config.", "@ ") for m in messages)) from None
-    except ConfigError:
-        raise
+        raise ConfigError(*_problems(exc, (), DriverConfig, data)) from None
     return config.validate()
 
 
@@ -150,6 +459,24 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _env_host_keys(raw: str) -> list[str]:
+    """Keys are comma-separated like every list, unless that would cut a known_hosts line
+    whose host field holds commas (`host,10.0.0.5 ssh-ed25519 AAAA…`); newlines separate too."""
+    entries: list[str] = []
+    for line in raw.splitlines():
+        if line.strip().startswith("#"):
+            continue  # pasted ssh-keyscan output
+        pieces = [p.strip() for p in line.split(",") if p.strip()]
+        if all(_KEY_TYPE_WORD.search(p) for p in pieces):
+            entries.extend(pieces)
+        elif line.strip():
+            entries.append(line.strip())
+    return entries
+
+
+_KEY_TYPE_WORD = re.compile(r"(?:^|\s)(?:ssh-|ecdsa-|sk-)\S+\s+\S")
+
+
 def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     layer: dict[str, Any] = {}
     lists = {s.path[-1] for s in settings() if s.is_list}
@@ -158,7 +485,9 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
         value: Any = raw
-        if path[-1] in lists:
+        if path[-1] == "host_keys":
+            value = _env_host_keys(raw)
+        elif path[-1] in lists:
             value = [item.strip() for item in raw.split(",") if item.strip()]
         elif raw.lower() in ("true", "false"):
             value = raw.lower() == "true"

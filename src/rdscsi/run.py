@@ -1,22 +1,31 @@
 """`rdscsi run`: the embedded default, everything in one process with no appliance.
 
-It starts the RDS simulator (state under `--state-dir`), then the CSI Identity, Controller and
-Node services on a unix socket: the controller reaches the simulator over real SSH through the
-Connection machine, and the node attaches the simulator's backing files as loop devices, so
-staging formats and mounts real filesystems. It serves Prometheus metrics and logs every
-transition and cluster event, until SIGINT or SIGTERM. While it runs, `rdscsi demo` drives
-a volume through its life, and `rdscsi sim-fault --data-dir .rdscsi/sim drop` shows a reconnect.
+It starts the RDS simulator (state under `--state-dir`), then the CSI Identity and Controller
+services on a unix socket, and the Node service too when this host allows it (root and loop
+devices): the controller reaches the simulator over real SSH through the Connection machine,
+and the node attaches the simulator's backing files as loop devices, so staging formats and
+mounts real filesystems. It serves Prometheus metrics and logs every transition and cluster
+event, until SIGINT or SIGTERM. While it runs, `rdscsi demo` drives a volume through its life,
+and `rdscsi sim-fault drop` shows a reconnect.
+
+The state directory is locked while a run uses it: a second run on it is refused at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import fcntl
 import logging
 import os
+import shutil
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -28,20 +37,57 @@ from .observe import MetricsServer, split_address
 from .signals import until_stopped
 from .sim import SimConfig, Simulator
 from .sim.control import CONTROL_SOCKET, ControlServer
-from .sim.main import ensure_client_key
+from .sim.main import DEFAULT_DATA_DIR, ensure_client_key
 
 log = logging.getLogger("rdscsi.run")
+
+DEFAULT_STATE_DIR = Path(".rdscsi")
+SOCKET_NAME = "csi.sock"
+LOCK_NAME = "run.lock"
+# What staging a volume on a loop device runs (the ext4 path of `rdscsi demo`).
+NODE_PROGRAMS = ("losetup", "blkid", "mount", "umount", "mkfs.ext4")
+
+
+class StartError(RuntimeError):
+    """An operational failure at start (a port or directory in use): the message is one line
+    that says what to do."""
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    state_dir: Path = Path(".rdscsi")
-    endpoint: str = ""  # default: unix://<state-dir>/csi.sock
+    state_dir: Path = DEFAULT_STATE_DIR
+    endpoint: str = ""  # default: unix://<state-dir>/csi.sock, absolute
     metrics_address: str = "127.0.0.1:9809"  # empty: no metrics endpoint
     node_id: str = ""  # default: this host's name
 
 
-__all__ = ["RunOptions", "health_of", "run", "split_address", "start_metrics"]
+__all__ = [
+    "RunOptions",
+    "StartError",
+    "default_endpoint",
+    "health_of",
+    "node_support",
+    "run",
+    "split_address",
+    "start_metrics",
+]
+
+
+def default_endpoint(state_dir: Path = DEFAULT_STATE_DIR) -> str:
+    """The socket `rdscsi run --state-dir <state_dir>` serves, as an absolute `unix:///`."""
+    return f"unix://{state_dir.resolve() / SOCKET_NAME}"
+
+
+def node_support() -> tuple[bool, str]:
+    """Whether this process can serve the Node service on loop devices, and if not, why."""
+    if os.geteuid() != 0:
+        return False, f"it needs root to attach loop devices and mount (this is uid {os.geteuid()})"
+    if not Path("/dev/loop-control").exists():
+        return False, "this host has no /dev/loop-control (no loop devices, e.g. in a container)"
+    missing = [p for p in NODE_PROGRAMS if shutil.which(p) is None]
+    if missing:
+        return False, f"{', '.join(missing)} not found (packages util-linux, mount, e2fsprogs)"
+    return True, ""
 
 
 def health_of(app: ControllerApp | NodeApp) -> Callable[[], tuple[bool, str]]:
@@ -58,74 +104,169 @@ def health_of(app: ControllerApp | NodeApp) -> Callable[[], tuple[bool, str]]:
 
 
 async def start_metrics(
-    address: str, registry: CollectorRegistry, app: ControllerApp | NodeApp
+    address: str,
+    registry: CollectorRegistry,
+    app: ControllerApp | NodeApp | Callable[[], tuple[bool, str]],
 ) -> MetricsServer | None:
-    """The `/metrics` and `/healthz` endpoint on this loop; None when `address` is empty."""
+    """The `/metrics` and `/healthz` endpoint on this loop; None when `address` is empty.
+    `app` is the app whose health `/healthz` reports, or the health check itself. A port
+    that cannot be bound is a `StartError` saying what to do."""
     if not address:
         return None
-    server = MetricsServer(address, registry, health_of(app))
-    await server.start()
+    health = app if callable(app) else health_of(app)
+    server = MetricsServer(address, registry, health)
+    try:
+        await server.start()
+    except OSError as exc:
+        why = {
+            errno.EADDRINUSE: "is in use by another process",
+            errno.EACCES: "needs privileges (ports below 1024)",
+            errno.EADDRNOTAVAIL: "is not an address of this host",
+        }.get(exc.errno or 0, f"cannot be bound ({exc.strerror or exc})")
+        raise StartError(
+            f"metrics address {address} {why}: choose another with --metrics-address "
+            "HOST:PORT, or --metrics-address '' for none"
+        ) from None
     return server
 
 
-async def run(options: RunOptions, stop: asyncio.Event | None = None) -> int:
-    state_dir = options.state_dir.resolve()
-    sim_dir = state_dir / "sim"
-    sim_dir.mkdir(parents=True, exist_ok=True)
-    key_file, authorized = ensure_client_key(sim_dir)
-    sim = Simulator(SimConfig(data_dir=sim_dir, authorized_keys_file=authorized))
-    await sim.start()
-    control = ControlServer(sim, sim_dir / CONTROL_SOCKET)
-    await control.start()
-
+def _config(
+    options: RunOptions, state_dir: Path, node: bool, rds: ApplianceConfig, loop_root: Path
+) -> DriverConfig:
     node_id = options.node_id or socket.gethostname()
-    # The node side attaches loop devices and mounts filesystems: root only.
-    node = os.geteuid() == 0 and Path("/dev/loop-control").exists()
-    config = DriverConfig(
+    return DriverConfig(
         controller=True,
         node=node,
-        endpoint=options.endpoint or f"unix://{state_dir / 'csi.sock'}",
+        endpoint=options.endpoint or default_endpoint(state_dir),
         node_id=node_id,
         metrics_address=options.metrics_address,
-        rds=ApplianceConfig(
-            address=sim.host,
-            port=sim.port,
-            key_file=str(key_file),
-            host_keys=[sim.host_key],
-            name="sim",
-        ),
+        rds=rds,
         transport="loop",
         known_nodes=[node_id],
         state_dir=str(state_dir),
         node_state_dir=str(state_dir / "node"),
-        loop_root=str(sim.store.files_root),
+        loop_root=str(loop_root),
     ).validate()
-    app = build_controller(config, LoopClock(), MemorySink(log_events=True), REGISTRY)
-    metrics = await start_metrics(options.metrics_address, REGISTRY, app)
-    try:
-        await app.start()
-    except BaseException:
-        if metrics is not None:
-            await metrics.stop()
-        raise
 
-    print(f"rdscsi run: simulator on {sim.host}:{sim.port} (data in {sim_dir})")
-    print(
-        f"rdscsi run: CSI Identity, Controller and Node on {config.endpoint} (node {node_id}, "
-        "volumes attach as loop devices)"
+
+def _lock(state_dir: Path) -> IO[str]:
+    """Holds `<state_dir>/run.lock` for this process (released when it exits)."""
+    path = state_dir / LOCK_NAME
+    handle = open(path, "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip()
+        handle.close()
+        who = f"(pid {pid})" if pid else ""
+        raise StartError(
+            f"{state_dir} is in use by another `rdscsi run` {who}: stop that one, or give "
+            "this one its own --state-dir"
+        ) from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _program() -> str:
+    """How the user started us, to show commands they can paste: `.venv/bin/rdscsi`."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if argv0.endswith("__main__.py"):
+        return f"{os.path.relpath(sys.executable)} -m rdscsi"
+    found = shutil.which("rdscsi")
+    if found and argv0 and Path(found).resolve() == Path(argv0).resolve():
+        return "rdscsi"
+    if argv0 and Path(argv0).is_file():
+        relative = os.path.relpath(argv0)
+        return relative if not relative.startswith("..") else str(Path(argv0).resolve())
+    return "rdscsi"
+
+
+async def run(options: RunOptions, stop: asyncio.Event | None = None) -> int:
+    state_dir = options.state_dir.resolve()
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartError(f"state dir {state_dir} cannot be created: {exc.strerror}") from None
+    lock = _lock(state_dir)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            return await _run(options, state_dir, stack, stop)
+    finally:
+        lock.close()
+
+
+async def _run(
+    options: RunOptions,
+    state_dir: Path,
+    stack: contextlib.AsyncExitStack,
+    stop: asyncio.Event | None,
+) -> int:
+    node, why_not = node_support()
+    sim_dir = state_dir / "sim"
+    sim_dir.mkdir(parents=True, exist_ok=True)
+    # The options first, before anything starts (the appliance is not known yet).
+    placeholder = ApplianceConfig(address="127.0.0.1", insecure_skip_host_key_check=True)
+    _config(options, state_dir, node, placeholder, sim_dir).prepare()
+    apps: list[ControllerApp] = []
+    metrics = await start_metrics(
+        options.metrics_address,
+        REGISTRY,
+        lambda: health_of(apps[0])() if apps else (False, "starting"),
     )
     if metrics is not None:
-        print(f"rdscsi run: metrics on {metrics.url}/metrics, health on {metrics.url}/healthz")
-    print(f"rdscsi run: try `rdscsi demo --endpoint {config.endpoint}` in another shell,")
-    print(f"            or `rdscsi sim-fault --data-dir {sim_dir} drop` to watch a reconnect")
-    print("rdscsi run: Ctrl-C to stop", flush=True)
-    try:
-        await until_stopped(stop)
-    finally:
-        await app.stop()
-        if metrics is not None:
-            await metrics.stop()
-        await control.stop()
-        await sim.stop()
-    print("rdscsi run: stopped", flush=True)
+        stack.push_async_callback(metrics.stop)
+
+    key_file, authorized = ensure_client_key(sim_dir)
+    sim = Simulator(SimConfig(data_dir=sim_dir, authorized_keys_file=authorized))
+    await sim.start()
+    stack.push_async_callback(sim.stop)
+    control = ControlServer(sim, sim_dir / CONTROL_SOCKET)
+    await control.start()
+    stack.push_async_callback(control.stop)
+
+    rds = ApplianceConfig(
+        address=sim.host,
+        port=sim.port,
+        key_file=str(key_file),
+        host_keys=[sim.host_key],
+        name="sim",
+    )
+    config = _config(options, state_dir, node, rds, sim.store.files_root).prepare()
+    node_id = config.node_id
+    app = build_controller(config, LoopClock(), MemorySink(log_events=True), REGISTRY)
+    apps.append(app)
+    stack.push_async_callback(app.stop)
+    await app.start()
+
+    prog = _program()
+    here = state_dir == DEFAULT_STATE_DIR.resolve()
+    demo = f"{prog} demo" + ("" if here else f" --state-dir {state_dir}")
+    fault = f"{prog} sim-fault" + (
+        "" if sim_dir == DEFAULT_DATA_DIR.resolve() else f" --data-dir {sim_dir}"
+    )
+    say = _say
+    say(f"simulator on {sim.host}:{sim.port} (state in {sim_dir})")
+    if node:
+        say(
+            f"CSI Identity, Controller and Node on {config.endpoint} (node {node_id}; volumes "
+            "attach as loop devices)"
+        )
+    else:
+        say(f"CSI Identity and Controller on {config.endpoint}")
+        say(f"no Node service: {why_not}; `demo` skips staging and publishing")
+    if metrics is not None:
+        say(f"metrics on {metrics.url}/metrics, health on {metrics.url}/healthz")
+    say(f"in another shell: `{demo}` drives a volume through its life,")
+    say(f"`{fault} drop` drops the appliance connection (watch it reconnect)", indent=True)
+    say("Ctrl-C to stop")
+    await until_stopped(stop, "rdscsi run")
+    await stack.aclose()
+    say("stopped")
     return 0
+
+
+def _say(text: str, indent: bool = False) -> None:
+    print(("            " if indent else "rdscsi run: ") + text, flush=True)

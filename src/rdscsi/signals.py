@@ -1,21 +1,46 @@
-"""Waiting for SIGINT/SIGTERM in the long-running commands."""
+"""Waiting for SIGINT/SIGTERM in the long-running commands.
+
+The first signal starts an orderly stop (sockets removed, loop devices detached, the
+simulator's state saved). A second one while that runs means "now": the process exits at
+once with one line and no traceback.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-async def until_stopped(stop: asyncio.Event | None = None) -> None:
-    """Returns on SIGINT, SIGTERM or `stop` being set; handlers are removed afterwards."""
+async def until_stopped(stop: asyncio.Event | None = None, name: str = "rdscsi") -> None:
+    """Returns on SIGINT, SIGTERM or `stop` being set. After a signal, the handlers stay
+    installed for the shutdown that follows: another signal exits at once (`exit_now`)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    signalled: list[int] = []
+
+    def first(signum: int) -> None:
+        signalled.append(signum)
+        again = " (Ctrl-C again to exit at once)" if signum == signal.SIGINT else ""
+        print(f"{name}: stopping{again}", file=sys.stderr, flush=True)
+        stop.set()
+
     for signum in STOP_SIGNALS:
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, first, signum)
     try:
         await stop.wait()
     finally:
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
+            if signalled:
+                loop.add_signal_handler(signum, exit_now, name, signum)
+
+
+def exit_now(name: str, signum: int) -> None:
+    """The second signal: leave without cleaning up, quietly (exit status 128 + signal)."""
+    print(f"{name}: exiting at once, cleanup skipped", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(128 + signum)

@@ -10,6 +10,7 @@ from rdscsi.cli import main
 from rdscsi.config import ConfigError, load
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ2Wv0z7Zp3l0fY0sM4nY3XrSx0Jm6wP3m9w3H5u9d2f"
+RDS = {"address": "rds.example", "host_keys": [KEY]}
 
 
 def test_layers_file_env_flags(tmp_path: Path) -> None:
@@ -31,6 +32,7 @@ def test_env_lists_and_booleans() -> None:
         {},
         {
             "RDSCSI_CONTROLLER": "true",
+            "RDSCSI_RDS__ADDRESS": "10.0.0.5",
             "RDSCSI_RDS__INSECURE_SKIP_HOST_KEY_CHECK": "true",
             "RDSCSI_KNOWN_NODES": "a, b,c",
         },
@@ -39,29 +41,67 @@ def test_env_lists_and_booleans() -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "env", "needle"),
+    ("data", "needle"),
     [
-        ({"controller": True, "rds": {"port": "ssh", "host_keys": [KEY]}}, {}, "rds.port"),
-        ({"controller": True, "rds": {"port": 70000, "host_keys": [KEY]}}, {}, "port: 70000"),
-        ({"controller": True, "rds": {"host_keys": [KEY], "colour": "red"}}, {}, "colour"),
-        ({"controller": True}, {}, "rds.host_keys"),
-        ({"rds": {"host_keys": [KEY]}}, {}, "controller"),
-        ({"controller": True, "name": "Bad_Name", "rds": {"host_keys": [KEY]}}, {}, "name"),
-        ({"controller": True, "endpoint": "tcp://x", "rds": {"host_keys": [KEY]}}, {}, "endpoint"),
-        ({"controller": True, "grace_period": -1, "rds": {"host_keys": [KEY]}}, {}, "grace_period"),
-        (
-            {"controller": True, "transport": "carrier-pigeon", "rds": {"host_keys": [KEY]}},
-            {},
-            "transport",
-        ),
+        ({"rds": {**RDS, "port": "ssh"}}, "rds.port: 'ssh' is not valid; expected an integer"),
+        ({"rds": {**RDS, "port": 70000}}, "rds.port: 70000 is not a TCP port; expected 1..65535"),
+        ({"rds": {**RDS, "port": 7.5}}, "rds.port: 7.5 is not valid; expected an integer"),
+        ({"rds": {**RDS, "colour": "red"}}, "rds.colour: unknown setting"),
+        ({"rds": {**RDS, "adress": "x"}}, "rds.adress: unknown setting; expected a known "),
+        ({"rds": {"address": "rds.example"}}, "rds.host_keys: missing; expected"),
+        ({"rds": {"host_keys": [KEY]}}, "rds.address: missing; expected a host name or IP"),
+        ({"rds": "rds.example"}, "rds: 'rds.example' is not a mapping"),
+        ({"controller": False, "rds": RDS}, "controller, node: both off; expected at least one"),
+        ({"controller": "yes", "rds": RDS}, "controller: 'yes' is not valid; expected true or"),
+        ({"name": "Bad_Name", "rds": RDS}, "name: 'Bad_Name' is not valid; expected a DNS"),
+        ({"endpoint": "tcp://x", "rds": RDS}, "endpoint: 'tcp://x' is not a unix socket"),
+        ({"endpoint": "unix://x.sock", "rds": RDS}, "endpoint: 'unix://x.sock' is not an abs"),
+        ({"endpoint": "unix:///" + "x" * 120, "rds": RDS}, "at most 107 bytes"),
+        ({"grace_period": -1, "rds": RDS}, "grace_period: -1.0 is not above 0; expected a num"),
+        ({"max_volumes_per_node": -1, "rds": RDS}, "max_volumes_per_node: -1 is negative"),
+        ({"transport": "pigeon", "rds": RDS}, "transport: 'pigeon' is not valid; expected one"),
+        ({"metrics_address": "9809", "rds": RDS}, "metrics_address: '9809' has no port; expected"),
+        ({"metrics_address": "h:x", "rds": RDS}, "metrics_address: 'h:x' has no valid TCP port"),
+        ({"metrics_address": "::1:80", "rds": RDS}, "'::1:80' has an unbracketed IPv6 host"),
+        ({"metrics_address": "a b:80", "rds": RDS}, "metrics_address: 'a b:80' has no valid host"),
+        ({"rds": {**RDS, "address": "10.0.0.5:22"}}, "rds.address: '10.0.0.5:22' has a port in"),
+        ({"rds": {**RDS, "address": "admin@rds"}}, "rds.address: 'admin@rds' has a user in it"),
+        ({"rds": {**RDS, "nvme_address": "a/b"}}, "rds.nvme_address: 'a/b' is not valid"),
+        ({"node": True, "rds": RDS}, "node_id: missing; expected this node's name"),
+        ({"rds": {**RDS, "host_keys": KEY[:40]}}, "rds.host_keys[0]: "),
     ],
 )
-def test_bad_values_name_the_field(
-    data: dict[str, object], env: dict[str, str], needle: str
+def test_bad_values_name_the_field_the_value_and_what_is_expected(
+    data: dict[str, object], needle: str
 ) -> None:
     with pytest.raises(ConfigError) as err:
-        load(None, data, env)
+        load(None, {"controller": True, **data}, {})
     assert needle in str(err.value)
+    assert all("\n" not in p for p in err.value.problems)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as err:
+        load(None, {"controller": True, "rds": {"port": "x"}, "grace_period": "y"}, {})
+    assert len(err.value.problems) == 2
+    with pytest.raises(ConfigError) as err:
+        load(None, {"controller": True, "endpoint": "x", "metrics_address": "y"}, {})
+    fields = [p.split(":")[0] for p in err.value.problems]
+    assert fields == ["endpoint", "metrics_address", "rds.address", "rds.host_keys"]
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:9809", ":9809", "[::1]:9809", "localhost:0", "node-1.example:65535"]
+)
+def test_listen_addresses_accepted(address: str) -> None:
+    assert load(None, {"controller": True, "metrics_address": address, "rds": RDS}, {})
+
+
+def test_a_string_where_a_list_is_meant_is_one_item() -> None:
+    cfg = load(
+        None, {"controller": True, "known_nodes": "n1", "rds": {**RDS, "host_keys": KEY}}, {}
+    )
+    assert cfg.known_nodes == ["n1"] and cfg.rds.host_keys == [KEY]
 
 
 def test_bad_file(tmp_path: Path) -> None:
@@ -71,15 +111,181 @@ def test_bad_file(tmp_path: Path) -> None:
         load(f, {}, {})
 
 
+# --- pinned host keys: every form people paste ---------------------------------------------------
+
+
+def _keys() -> dict[str, str]:
+    """One real public key of each common host-key type, `<type> <base64>`."""
+    import asyncssh
+
+    out = {}
+    for alg in ("ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa"):
+        key = (
+            asyncssh.generate_private_key(alg, key_size=1024)
+            if alg == "ssh-rsa"
+            else (asyncssh.generate_private_key(alg))
+        )
+        out[alg] = key.export_public_key().decode().split()[0:2]
+        out[alg] = " ".join(out[alg])
+    return out
+
+
+KEYS = _keys()
+ED, EC, RSA = KEYS["ssh-ed25519"], KEYS["ecdsa-sha2-nistp256"], KEYS["ssh-rsa"]
+
+
+@pytest.mark.parametrize(
+    ("pasted", "want"),
+    [
+        (ED, [ED]),
+        (f"{ED} root@rds", [ED]),  # authorized_keys / .pub form with a comment
+        (f"  {ED}   a comment with spaces  ", [ED]),
+        (f"10.0.0.5 {ED}", [ED]),  # ssh-keyscan / known_hosts line
+        (f"rds,10.0.0.5 {EC} comment", [EC]),
+        (f"[rds.example]:2222 {RSA}", [RSA]),
+        (f"|1|c2FsdA==|aGFzaA== {ED}", [ED]),  # hashed host field
+        (f'from="10.0.0.0/8",no-pty {ED} x', [ED]),  # authorized_keys options
+        (  # the whole output of ssh-keyscan, comments included
+            f"# 10.0.0.5:22 SSH-2.0-ROSSSH\n10.0.0.5 {RSA}\n# 10.0.0.5:22 SSH-2.0-ROSSSH\n"
+            f"10.0.0.5 {EC}\n10.0.0.5 {ED}\n",
+            [RSA, EC, ED],
+        ),
+    ],
+)
+def test_pinned_host_keys_are_normalised(pasted: str, want: list[str]) -> None:
+    cfg = load(None, {"controller": True, "rds": {**RDS, "host_keys": [pasted]}}, {})
+    assert cfg.rds.host_keys == want
+
+
+@pytest.mark.parametrize(
+    ("pasted", "why"),
+    [
+        (ED[:50], "not base64"),
+        (
+            ED.replace("ssh-ed25519", "ssh-rsa"),
+            "the key says it is 'ssh-ed25519', the line says ssh-rsa",
+        ),
+        (f"@revoked * {ED}", "a @revoked line is not a host key"),
+        (f"@cert-authority * {ED}", "a @cert-authority line is not a host key"),
+        ("10.0.0.5 ssh-ed25519", "has the key type ssh-ed25519 but no key after it"),
+        ("AAAAC3NzaC1lZDI1NTE5AAAAIJ2Wv0z7Zp3l0fY0sM4nY3XrSx0Jm6wP3m9w3H5u9d2f", "no key type"),
+        ("# only a comment", "holds no key"),
+        (f"{ED}\nnot a key", "line 2: no key type"),
+    ],
+)
+def test_unusable_host_keys_are_refused_with_the_reason(pasted: str, why: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(None, {"controller": True, "rds": {**RDS, "host_keys": [pasted, ED]}}, {})
+    (problem,) = err.value.problems
+    assert problem.startswith("rds.host_keys[0]: ") and why in problem, problem
+
+
+def test_host_keys_from_the_environment_keep_known_hosts_lines_whole() -> None:
+    env = {"RDSCSI_CONTROLLER": "true", "RDSCSI_RDS__ADDRESS": "rds"}
+    cfg = load(None, {}, {**env, "RDSCSI_RDS__HOST_KEYS": f"rds,10.0.0.5 {ED} comment"})
+    assert cfg.rds.host_keys == [ED]
+    cfg = load(None, {}, {**env, "RDSCSI_RDS__HOST_KEYS": f"{ED},{EC}"})
+    assert cfg.rds.host_keys == [ED, EC]
+    cfg = load(None, {}, {**env, "RDSCSI_RDS__HOST_KEYS": f"# keyscan\nh {ED}\nh {RSA}\n"})
+    assert cfg.rds.host_keys == [ED, RSA]
+
+
+# --- prepare(): what the settings name on this host --------------------------------------------
+
+
+def _controller(tmp_path: Path, **rds: object) -> dict[str, object]:
+    return {
+        "controller": True,
+        "endpoint": f"unix://{tmp_path}/csi.sock",
+        "rds": {"address": "rds.example", **rds},
+    }
+
+
+def test_prepare_accepts_real_files_and_creates_state_dirs(tmp_path: Path) -> None:
+    import asyncssh
+
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    key.write_private_key(str(tmp_path / "id"))
+    (tmp_path / "known_hosts").write_text(f"# pinned\nrds.example {ED}\n")
+    data = _controller(
+        tmp_path, key_file=str(tmp_path / "id"), known_hosts=str(tmp_path / "known_hosts")
+    )
+    state, node_state = tmp_path / "a" / "state", tmp_path / "b" / "node"
+    data.update(
+        node=True,
+        node_id="n1",
+        state_dir=str(state),
+        node_state_dir=str(node_state),
+        endpoint=f"unix://{state}/sock/csi.sock",  # under the state dir: created
+    )
+    cfg = load(None, data, {}).prepare()
+    assert state.is_dir() and node_state.is_dir() and cfg.socket_path.parent.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("setting", "content", "needle"),
+    [
+        ("key_file", None, "rds.key_file: '{path}' does not exist; expected a readable, unencr"),
+        ("key_file", "not a key\n", "rds.key_file: '{path}' does not parse"),
+        ("key_file", "encrypted", "rds.key_file: '{path}' is encrypted"),
+        ("known_hosts", None, "rds.known_hosts: '{path}' does not exist"),
+        ("known_hosts", f"{ED}\n", "line 1: has no host field (a bare key belongs"),
+        ("known_hosts", "# nothing\n\n", "holds no host key"),
+        ("known_hosts", "rds ssh-ed25519 AAAAC3Nz\n", "line 1: the ssh-ed25519 key is cut short"),
+    ],
+)
+def test_prepare_refuses_file_settings_that_cannot_work(
+    tmp_path: Path, setting: str, content: str | None, needle: str
+) -> None:
+    path = tmp_path / setting
+    if content == "encrypted":
+        import asyncssh
+
+        asyncssh.generate_private_key("ssh-rsa", key_size=1024).write_private_key(
+            str(path), passphrase="secret", format_name="pkcs8-pem"
+        )
+    elif content is not None:
+        path.write_text(content)
+    cfg = load(
+        None, _controller(tmp_path, **{setting: str(path)}, insecure_skip_host_key_check=True), {}
+    )
+    with pytest.raises(ConfigError) as err:
+        cfg.prepare()
+    (problem,) = err.value.problems
+    assert needle.format(path=path) in problem, problem
+
+
+def test_prepare_never_creates_a_socket_directory_outside_the_state_dir(tmp_path: Path) -> None:
+    missing = tmp_path / "nonexistent"
+    data = _controller(tmp_path, host_keys=[ED])
+    data.update(endpoint=f"unix://{missing}/csi.sock", state_dir=str(tmp_path / "state"))
+    with pytest.raises(ConfigError) as err:
+        load(None, data, {}).prepare()
+    assert f"the directory {missing} does not exist" in str(err.value)
+    assert not missing.exists()
+
+
+def test_prepare_names_a_state_dir_that_cannot_be_made(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    data = _controller(tmp_path, host_keys=[ED])
+    data["state_dir"] = str(blocker / "state")
+    with pytest.raises(ConfigError, match=r"state_dir: '.*/file/state' cannot be created"):
+        load(None, data, {}).prepare()
+
+
 def test_serve_reports_bad_config(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["serve", "--controller", "--rds-port", "0", "--rds-host-key", KEY]) == 2
+    code = main(
+        ["serve", "--controller", "--rds-address", "r", "--rds-port", "0", "--rds-host-key", KEY]
+    )
+    assert code == 2
     err = capsys.readouterr().err
-    assert "configuration" in err and "port: 0 is not a TCP port" in err
+    assert err == "rdscsi serve: rds.port: 0 is not a TCP port; expected 1..65535\n"
 
 
 def test_configuration_reference_is_current() -> None:
     # after a structure (cattrs resolves the annotations in place) the reference is the same
-    load(None, {"controller": True, "rds": {"host_keys": [KEY]}}, {})
+    load(None, {"controller": True, "rds": RDS}, {})
     root = Path(__file__).resolve().parents[2]
     assert main(["config-reference", "--check", "--out", str(root / "docs/configuration.md")]) == 0
 
@@ -89,6 +295,19 @@ def test_every_setting_is_described() -> None:
 
     rows = [r for r in reference_markdown().splitlines() if r.startswith("| `")]
     assert rows and all(not r.rstrip().endswith("|  |") for r in rows), "a setting lacks a comment"
+
+
+# How a description states a number's unit.
+UNITS = ("seconds", "TCP port", "count", "bytes")
+
+
+def test_every_number_setting_states_its_unit() -> None:
+    from rdscsi.config import settings
+
+    numbers = [s for s in settings() if s.field.type in (int, float, "int", "float")]
+    assert numbers
+    for st in numbers:
+        assert any(unit in st.doc for unit in UNITS), f"{st.key}: say the unit in {st.doc!r}"
 
 
 # --- every setting, every source: generated from the settings themselves ---------------------
@@ -126,18 +345,22 @@ def _sample(setting: object) -> tuple[object, list[str], str, object]:
         "name": "other.csi.example.com",
         "metrics_address": "127.0.0.1:9999",
         "address": "10.1.2.3",
+        "nvme_address": "10.9.8.7",
     }.get(name, f"/x/{name}")
     return value, [flag, value], value, value
 
 
 def _base(key: str) -> dict[str, object]:
     """The smallest valid configuration (as YAML) that leaves `key` at its default."""
-    base: dict[str, object] = {"controller": True, "rds": {"host_keys": [KEY]}}
+    rds = {"address": "rds.example", "host_keys": [KEY]}
+    base: dict[str, object] = {"controller": True, "rds": rds}
     if key in ("controller", "node"):
-        base = {"node": True, "controller": True, "node_id": "n1", "rds": {"host_keys": [KEY]}}
+        base = {"node": True, "controller": True, "node_id": "n1", "rds": rds}
         base.pop(key)  # the other service keeps the configuration valid
     if key == "rds.host_keys":
-        base["rds"] = {}
+        base["rds"] = {"address": "rds.example"}
+    if key == "rds.address":
+        base["rds"] = {"host_keys": [KEY]}
     if key in ("retry_period", "renew_deadline", "lease_duration"):
         # keep retry_period < renew_deadline < lease_duration whatever the sample is
         base.update({"retry_period": 1.0, "renew_deadline": 12.0, "lease_duration": 100.0})
@@ -172,7 +395,7 @@ def test_every_setting_reaches_the_config_from_every_source(
     setting = next(s for s in settings() if s.key == key)
     yaml_value, argv, env_text, expected = _sample(setting)
     base = _base(key)
-    if key != "rds.host_keys":  # without it the base alone is not a valid configuration
+    if key not in ("rds.host_keys", "rds.address"):  # required: the base alone is not valid
         before = _get(load(None, {**base, "loop_root": "/x"}, {}), setting.path)
         assert before != expected, f"{key}: the sample is the base value; nothing is proven"
     env: dict[str, str] = {}

@@ -38,7 +38,6 @@ class CSIServer:
         return f"unix://{self.socket_path}"
 
     async def start(self) -> None:
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         # A socket left by a crashed process would make the bind fail.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)

@@ -35,23 +35,47 @@ def _sim_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rdscsi sim", description="Run the RDS simulator (an SSH server) until interrupted."
     )
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="state directory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    parser.add_argument("--port", type=int, default=0, help="TCP port for SSH; 0 picks a free one")
     parser.add_argument(
         "--authorized-keys",
         type=Path,
         help="authorized_keys file; default: a client key pair created in the data dir",
     )
-    parser.add_argument("--pool-name", default="storage-pool")
-    parser.add_argument("--pool-size", type=_size_arg, default=_size_arg("1T"))
-    parser.add_argument("--render", choices=RENDERS, default="detail")
-    parser.add_argument("--date-style", choices=("iso", "legacy"), default="iso")
-    parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--max-sessions", type=int, default=32)
-    parser.add_argument("--error-exit-status", type=int, default=1)
+    parser.add_argument("--pool-name", default="storage-pool", help="name of the storage pool")
+    parser.add_argument(
+        "--pool-size",
+        type=_size_arg,
+        default=_size_arg("1T"),
+        help="pool size in bytes, or K/M/G/T",
+    )
+    parser.add_argument("--render", choices=RENDERS, default="detail", help="print output shape")
+    parser.add_argument(
+        "--date-style", choices=("iso", "legacy"), default="iso", help="how dates are printed"
+    )
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="milliseconds added to every command"
+    )
+    parser.add_argument(
+        "--max-sessions", type=int, default=32, help="SSH sessions per connection (count)"
+    )
+    parser.add_argument(
+        "--error-exit-status", type=int, default=1, help="exit status of a failed command"
+    )
     parser.add_argument("--crlf", action="store_true", help="end output lines with CR LF")
-    parser.add_argument("--refuse-remove-in-use", action="store_true")
+    parser.add_argument(
+        "--refuse-remove-in-use",
+        action="store_true",
+        help="refuse to remove a disk with an NVMe/TCP host session (`failure: disk is in use`)",
+    )
     return parser
 
 
@@ -156,7 +180,12 @@ def _fault_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rdscsi sim-fault", description="Change a running simulator's faults."
     )
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="the simulator's state directory (default: %(default)s, as `rdscsi run` uses)",
+    )
     sub = parser.add_subparsers(dest="fault", required=True)
     sub.add_parser("status", help="print the simulator's state and faults")
     sub.add_parser("drop", help="close every client connection now")
@@ -184,12 +213,12 @@ def _fault_parser() -> argparse.ArgumentParser:
     connect = sub.add_parser("connect-host", help="make an NVMe/TCP host session appear")
     connect.add_argument("slot")
     connect.add_argument("host_nqn")
-    connect.add_argument("--address", default="127.0.0.1")
-    connect.add_argument("--port", type=int, default=0)
+    connect.add_argument("--address", default="127.0.0.1", help="the host's address")
+    connect.add_argument("--port", type=int, default=0, help="the host's TCP port")
     disconnect = sub.add_parser("disconnect-host", help="remove NVMe/TCP host sessions")
-    disconnect.add_argument("--id", type=int)
-    disconnect.add_argument("--slot")
-    disconnect.add_argument("--host-nqn")
+    disconnect.add_argument("--id", type=int, help="the session's id (`status` lists them)")
+    disconnect.add_argument("--slot", help="every session of this disk")
+    disconnect.add_argument("--host-nqn", help="every session of this host NQN")
     render = sub.add_parser("render", help="switch the print output shape")
     render.add_argument("render", choices=RENDERS)
     pool_size = sub.add_parser("pool-size", help="change the pool size")

@@ -273,6 +273,7 @@ class RDSConnection:
     def _arm_retry(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        log.info("RDS %s: backoff: next attempt in %.1f s", self.config.name, self.model.delay)
         self._timer = self.clock.call_later(self.model.delay, self._retry_due)
 
     def _retry_due(self) -> None:
