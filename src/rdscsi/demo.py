@@ -207,6 +207,12 @@ async def demo(endpoint: str, node_id: str = "", out: Out = print) -> int:
     if not path.exists():
         out(f"✗ nothing is listening on {endpoint}: {NOT_RUNNING}")
         return 1
+    if not os.access(path, os.W_OK):
+        out(
+            f"✗ {endpoint} belongs to another user: run the demo as the user `rdscsi run` runs "
+            "as (e.g. `sudo .venv/bin/rdscsi demo` when it was started with sudo)"
+        )
+        return 1
     node = node_id or socket.gethostname()
     pvc, restored = f"pvc-{uuid.uuid4()}", f"pvc-{uuid.uuid4()}"
     cap = pb.VolumeCapability(

@@ -152,6 +152,13 @@ def _config(
 def _lock(state_dir: Path) -> IO[str]:
     """Holds `<state_dir>/run.lock` for this process (released when it exits)."""
     path = state_dir / LOCK_NAME
+    if not os.access(state_dir, os.W_OK | os.X_OK) or (
+        path.exists() and not os.access(path, os.R_OK | os.W_OK)
+    ):
+        raise StartError(
+            f"{state_dir} belongs to another user (made by a run as root?): run as that user, "
+            "or give this run its own --state-dir"
+        )
     handle = open(path, "a+")  # noqa: SIM115 - held for the whole run
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

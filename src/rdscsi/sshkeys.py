@@ -13,8 +13,6 @@ import binascii
 import re
 import struct
 
-import asyncssh
-
 # The key types OpenSSH writes in public-key lines (certificates are not host keys to pin).
 KEY_TYPE = re.compile(
     r"^(?:ssh-(?:ed25519|ed448|rsa|dss)|ecdsa-sha2-nistp(?:256|384|521)"
@@ -45,6 +43,8 @@ def _key_at(tokens: list[str], index: int) -> str:
     if embedded != kind:
         raise KeyLineError(f"the key says it is {embedded!r}, the line says {kind}")
     key = f"{kind} {blob}"
+    import asyncssh  # here: `rdscsi --help` need not load it
+
     try:
         asyncssh.import_public_key(key)
     except (asyncssh.KeyImportError, ValueError) as exc:

@@ -314,6 +314,25 @@ def test_demo_with_nothing_running_says_to_start_it(tmp_path: Path) -> None:
     assert "start `rdscsi run`" in demo.stdout
 
 
+def test_a_state_dir_or_socket_of_another_user_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After `sudo rdscsi run`, an ordinary user's run or demo is told what to do."""
+    from rdscsi import demo, run
+
+    monkeypatch.setattr(run.os, "access", lambda path, mode: False)
+    with pytest.raises(run.StartError, match=r"belongs to another user \(made by a run as root"):
+        run._lock(tmp_path)
+    sock = tmp_path / "csi.sock"
+    sock.write_text("")
+    lines: list[str] = []
+    assert asyncio.run(demo.demo(f"unix://{sock}", "n", lines.append)) == 1
+    assert lines == [
+        f"✗ unix://{sock} belongs to another user: run the demo as the user `rdscsi run` runs "
+        "as (e.g. `sudo .venv/bin/rdscsi demo` when it was started with sudo)"
+    ]
+
+
 def test_demo_refuses_a_relative_endpoint() -> None:
     demo = rdscsi("demo", "--endpoint", "unix://.rdscsi/csi.sock")
     assert demo.returncode == 2
