@@ -310,6 +310,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     except StartError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 1
+    except PermissionError as exc:
+        if args.command != "run":
+            raise
+        # files of a run started by another user (often root, for the Node service)
+        print(
+            f"{name}: {exc.strerror}: {exc.filename}: run as the user who made it, or give this "
+            "run its own --state-dir",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130

@@ -333,6 +333,23 @@ def test_a_state_dir_or_socket_of_another_user_is_one_line(
     ]
 
 
+def test_files_of_another_user_in_the_state_dir_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rdscsi import run
+    from rdscsi.cli import main
+
+    async def denied(*args: object) -> int:
+        raise PermissionError(13, "Permission denied", "/x/.rdscsi/sim/state.json")
+
+    monkeypatch.setattr(run, "run", denied)
+    assert main(["run"]) == 1
+    assert capsys.readouterr().err == (
+        "rdscsi run: Permission denied: /x/.rdscsi/sim/state.json: run as the user who made it, "
+        "or give this run its own --state-dir\n"
+    )
+
+
 def test_demo_refuses_a_relative_endpoint() -> None:
     demo = rdscsi("demo", "--endpoint", "unix://.rdscsi/csi.sock")
     assert demo.returncode == 2
