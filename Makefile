@@ -64,7 +64,7 @@ bench: $(TEST_STAMP)
 
 # The image's dependency locks (deploy/image/*.lock, every file hashed): re-run after changing
 # the dependencies in pyproject.toml (tests/image fails until they match).
-constraints: $(STAMP)
+constraints: $(TEST_STAMP)
 	$(PY) -m pip install --quiet uv
 	$(PY) deploy/image/lock.py
 

@@ -8,19 +8,8 @@ from pathlib import Path
 
 from . import __version__
 
-# `rdscsi --help` lists the commands from these two tables, the developer ones apart.
-COMMANDS = {
-    "run": "run the driver on the built-in RDS simulator (no cluster, no appliance)",
-    "demo": "drive a volume through its whole life on a running `rdscsi run`",
-    "serve": "serve CSI in a cluster (the production entry point)",
-    "node-init": "prepare this node's NVMe host identity and nvme-tcp (the node plugin's init)",
-    "sim": "run the RDS simulator alone (`rdscsi sim --help`)",
-    "sim-fault": "inject a fault into a running simulator (`rdscsi sim-fault --help`)",
-}
-DEVELOPER_COMMANDS = {
-    "diagrams": "write specs/ from the state machines (Markdown table, .dot, .svg)",
-    "config-reference": "write docs/configuration.md from the settings",
-}
+# `rdscsi --help` lists every command with the help it was added with; these are listed apart.
+DEVELOPER_COMMANDS = ("diagrams", "config-reference")
 
 
 def _diagrams(args: argparse.Namespace) -> int:
@@ -147,15 +136,16 @@ def _config_reference(args: argparse.Namespace) -> int:
     return 0
 
 
-def _listing() -> str:
-    width = max(len(n) for n in (*COMMANDS, *DEVELOPER_COMMANDS)) + 2
+def _listing(helps: dict[str, str]) -> str:
+    width = max(len(n) for n in helps) + 2
+    users = [n for n in helps if n not in DEVELOPER_COMMANDS]
     return "\n".join(
         [
             "commands:",
-            *(f"  {name:<{width}}{text}" for name, text in COMMANDS.items()),
+            *(f"  {name:<{width}}{helps[name]}" for name in users),
             "",
             "developer commands (for work on rdscsi itself):",
-            *(f"  {name:<{width}}{text}" for name, text in DEVELOPER_COMMANDS.items()),
+            *(f"  {name:<{width}}{helps[name]}" for name in DEVELOPER_COMMANDS),
         ]
     )
 
@@ -164,18 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rdscsi",
         usage="rdscsi [-h] [--version] COMMAND ...",
-        description=f"{__doc__}\n\n{_listing()}",
         epilog="Start with `rdscsi run`, then `rdscsi demo` in another shell; "
         "`rdscsi COMMAND --help` describes each command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"rdscsi {__version__}")
-    # The listing above is the command list: argparse's own is suppressed.
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS)
 
     p = sub.add_parser(
         "run",
-        prog="rdscsi run",
+        help="run the driver on the built-in RDS simulator (no cluster, no appliance)",
         description="Run the RDS simulator and the driver against it, in one process, until "
         "Ctrl-C. The Node service needs root and loop devices; without them the banner says so.",
     )
@@ -200,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        prog="rdscsi demo",
+        help="drive a volume through its whole life on a running `rdscsi run`",
         description="Create, attach, snapshot, expand, restore, stage, publish, write, and "
         "clean up a volume over CSI, printing each call. Everything it creates is removed at "
         "the end, even when a step fails.",
@@ -223,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "serve",
-        prog="rdscsi serve",
+        help="serve CSI in a cluster (the production entry point)",
         description="Serve the CSI Controller and/or Node service. Settings: YAML file "
         "(--config), then RDSCSI_* variables, then these flags; a wrong value is refused at "
         "start with its field named.",
@@ -239,12 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_node_init(sub)  # `node-init`: the node plugin's init container (io/host/identity.py)
 
     # Listed for --help; `main` hands their arguments to rdscsi.sim.main unparsed.
-    sub.add_parser("sim")
-    sub.add_parser("sim-fault")
-
-    p = sub.add_parser(
-        "diagrams", prog="rdscsi diagrams", description=DEVELOPER_COMMANDS["diagrams"]
+    sub.add_parser("sim", help="run the RDS simulator alone (`rdscsi sim --help`)")
+    sub.add_parser(
+        "sim-fault", help="inject a fault into a running simulator (`rdscsi sim-fault --help`)"
     )
+
+    text = "write specs/ from the state machines (Markdown table, .dot, .svg)"
+    p = sub.add_parser("diagrams", help=text, description=text)
     p.add_argument("--out", default="specs", help="directory to write (default: specs)")
     p.add_argument(
         "--check",
@@ -253,11 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_diagrams)
 
-    p = sub.add_parser(
-        "config-reference",
-        prog="rdscsi config-reference",
-        description=DEVELOPER_COMMANDS["config-reference"],
-    )
+    text = "write docs/configuration.md from the settings"
+    p = sub.add_parser("config-reference", help=text, description=text)
     p.add_argument(
         "--out",
         default="docs/configuration.md",
@@ -267,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="write nothing; fail when the file is out of date"
     )
     p.set_defaults(func=_config_reference)
+
+    # Each command's own help is its line in `rdscsi --help` (argparse's list is suppressed).
+    helps = {a.dest: a.help or "" for a in getattr(sub, "_choices_actions", [])}
+    for name, command in sub.choices.items():
+        command.prog = f"rdscsi {name}"
+        helps.setdefault(name, "")
+    parser.description = f"{__doc__}\n\n{_listing(helps)}"
     return parser
 
 

@@ -542,8 +542,13 @@ def test_rdscsi_alone_prints_help_with_developer_commands_apart() -> None:
     assert done.returncode == 0 and done.stderr == ""
     out = done.stdout
     users, developers = out.split("developer commands (for work on rdscsi itself):")
-    for command in ("run", "demo", "serve", "sim", "sim-fault"):
+    from rdscsi.cli import DEVELOPER_COMMANDS, build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for command in set(sub.choices) - set(DEVELOPER_COMMANDS):  # each with its help
         assert re.search(rf"^  {command} +\S", users, re.M), command
+    for command in ("run", "demo", "serve", "sim", "sim-fault"):
+        assert command in sub.choices
     for command in ("diagrams", "config-reference"):
         assert re.search(rf"^  {command} +\S", developers, re.M)
         assert not re.search(rf"^  {command} ", users, re.M)

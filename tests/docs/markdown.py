@@ -151,6 +151,21 @@ def repo_paths(token: str) -> list[str]:
     return []
 
 
+def ignored(path: str) -> bool:
+    """Whether `.gitignore` keeps `path` out of the repository: a directory the user makes
+    while following the docs (`deploy/site`), never one the docs may assume exists."""
+    import fnmatch
+
+    for line in (ROOT / ".gitignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith(("#", "!")):
+            continue
+        pattern = pattern.lstrip("/").rstrip("/")
+        if path == pattern or path.startswith(pattern + "/") or fnmatch.fnmatch(path, pattern):
+            return True
+    return False
+
+
 def slug(heading: str) -> str:
     """GitHub's anchor for a heading."""
     text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
