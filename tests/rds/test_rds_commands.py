@@ -181,6 +181,12 @@ EXACT_LINES: list[tuple[Callable[[], Command], str, str, bool]] = [
         True,
     ),
     (
+        lambda: BUILDER.disk_comment("pvc-1", "pvc=ns/data-0 pv=pvc-1"),
+        "disk-comment",
+        '/disk set [find slot="pvc-1"] comment="pvc=ns/data-0 pv=pvc-1"',
+        True,
+    ),
+    (
         lambda: BUILDER.disk_remove("pvc-1"),
         "disk-remove",
         '/disk remove [find slot="pvc-1"]',
@@ -312,6 +318,9 @@ def test_pool_root_normalised_and_mount_point() -> None:
             lambda: BUILDER.disk_add_copy(source_slot="a", slot="b", file_path=PATH, nvme_port=1),
             "nvme export",
         ),
+        (lambda: BUILDER.disk_comment("pvc-1", 'a"b'), "comment"),
+        (lambda: BUILDER.disk_comment("pvc-1", "a\nb"), "comment"),
+        (lambda: BUILDER.disk_comment("pvc-1", "x" * 256), "comment"),
         (lambda: CommandBuilder("relative/"), "pool root"),
         (lambda: CommandBuilder("/"), "pool root"),
         (lambda: CommandBuilder("/a/../b"), "pool root"),
@@ -493,7 +502,9 @@ FIELD_USES: dict[str, list[Use]] = {
         (lambda v: BUILDER.disk_remove(v), 0, str),  # type: ignore[arg-type]
         (lambda v: BUILDER.disk_print(v), 0, str),  # type: ignore[arg-type]
         (lambda v: BUILDER.disk_traffic(v), 0, str),  # type: ignore[arg-type]
+        (lambda v: BUILDER.disk_comment(v, "c"), 0, str),  # type: ignore[arg-type]
     ],
+    "comment": [(lambda v: BUILDER.disk_comment("pvc-1", v), 1, str)],  # type: ignore[arg-type]
     "source slot": [(lambda v: _copy(source_slot=v), 0, str)],
     "file path": [
         (lambda v: _add(file_path=v), 0, str),
@@ -533,6 +544,7 @@ REFERENCE: dict[str, object] = {
     "nvme port": 1,
     "slot prefix": "pvc-",
     "path prefix": "/storage-pool/k8s/",
+    "comment": "pvc=default/data-0 pv=pvc-ref",
 }
 
 
@@ -598,6 +610,19 @@ def test_slot_cannot_change_structure(values: list[object]) -> None:
 def test_file_path_cannot_change_structure(values: list[object]) -> None:
     for value in values:
         check_field("file path", value)
+
+
+COMMENTS = chars(LOWER + "ABCXYZ ./:=_-", 0, 80)
+
+
+@MANY
+@given(batches(candidates(COMMENTS)))
+def test_comment_cannot_change_structure(values: list[object]) -> None:
+    for value in values:
+        accepted = check_field("comment", value)
+        assert accepted == (
+            isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9 ./:=_-]{0,255}", value) is not None
+        )
 
 
 @MANY

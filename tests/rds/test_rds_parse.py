@@ -490,7 +490,7 @@ def disks(draw: st.DrawFn) -> tuple[DiskInfo, list[Field]]:
         ("file-path", path, draw(st.booleans())),
         ("file-size", humanize_size(size), False),
         ("note", " ".join(draw(WORDS)), False),
-        ("comment", draw(st.text(max_size=20)), True),
+        ("comment", comment := draw(st.text(max_size=20)), True),
     ]
     fields = [fields[1], *draw(st.permutations([f for i, f in enumerate(fields) if i != 1]))]
     flags = draw(st.sampled_from(["", "X", "XB"]))
@@ -505,6 +505,7 @@ def disks(draw: st.DrawFn) -> tuple[DiskInfo, list[Field]]:
         nvme_nqn=nqn,
         flags=flags,
         raw={key: value for key, value, _ in fields},
+        comment=comment or None,  # an inline comment= (print as-value) is the comment too
     )
     return disk, fields
 

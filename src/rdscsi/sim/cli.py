@@ -55,8 +55,8 @@ _EXPORT_ARGS = frozenset(
         "nvme-tcp-server-allow-host-name",
     }
 )
-_ADD_ARGS = _EXPORT_ARGS | {"type", "file-path", "file-size", "slot", "copy-from"}
-_SET_ARGS = _EXPORT_ARGS | {"file-size", "numbers"}
+_ADD_ARGS = _EXPORT_ARGS | {"type", "file-path", "file-size", "slot", "copy-from", "comment"}
+_SET_ARGS = _EXPORT_ARGS | {"file-size", "numbers", "comment"}
 
 
 @dataclass(frozen=True)
@@ -270,6 +270,7 @@ class Interpreter:
         allow = _text(args.get("nvme-tcp-server-allow-host-name")) or ""
         slot = _text(args.get("slot"))
         path = _text(args.get("file-path"))
+        comment = _text(args.get("comment")) or ""
         if kind != "file" or not slot or not path:
             raise failure(INVALID_PARAMETER)
         file_path = self.store.normalize_file_path(path)
@@ -277,7 +278,7 @@ class Interpreter:
             nqn = DEFAULT_NQN_PREFIX + slot
         source_ref = args.get("copy-from")
         async with self.store.lock:
-            disk = Disk(slot, file_path, size or 0, export, port, nqn, allow, Traffic())
+            disk = Disk(slot, file_path, size or 0, export, port, nqn, allow, Traffic(), comment)
             if source_ref is not None:
                 sources = self._resolve_disks(source_ref)
                 if not sources:
@@ -310,6 +311,9 @@ class Interpreter:
         allow = _text(args.named.get("nvme-tcp-server-allow-host-name"))
         if allow is not None:
             changes["nvme_tcp_server_allow_host_name"] = allow
+        comment = _text(args.named.get("comment"))
+        if comment is not None:
+            changes["comment"] = comment
         if ref is None:
             raise failure(NO_SUCH_ITEM)
         async with self.store.lock:

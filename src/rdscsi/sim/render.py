@@ -86,6 +86,14 @@ def human_size(key: str, value: int) -> Prop:
     return Prop(key, humanize(value), humanize(value), str(value))
 
 
+COMMENT = "comment"
+
+
+def comment(text: str) -> Prop:
+    """An item's comment: a `;;; text` line above its fields (nothing when empty)."""
+    return Prop(COMMENT, text, text, text)
+
+
 def item_props(item: Item) -> dict[str, str]:
     """The raw values `where` and `[find]` compare against."""
     return {prop.key: prop.raw for group in item for prop in group}
@@ -97,6 +105,11 @@ def _wrap(item: Item, first_prefix: str, indent: str) -> list[str]:
     empty = True
     for group in item:
         for position, prop in enumerate(group):
+            if prop.key == COMMENT:
+                if prop.shown:  # its own line, as the device prints it; fields follow below
+                    lines.append(f"{first_prefix};;; {prop.shown}")
+                    line = indent if first_prefix else ""
+                continue
             token = f"{prop.key}={prop.shown}"
             if empty:
                 line += token
@@ -112,7 +125,7 @@ def _wrap(item: Item, first_prefix: str, indent: str) -> list[str]:
 
 
 def _colon(item: Item) -> list[str]:
-    props = [prop for group in item for prop in group]
+    props = [prop for group in item for prop in group if prop.key != COMMENT or prop.plain]
     width = max((len(prop.key) for prop in props), default=0)
     return [f"  {prop.key.rjust(width)}: {prop.plain}".rstrip() for prop in props]
 

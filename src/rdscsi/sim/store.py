@@ -54,6 +54,7 @@ class Disk:
     nvme_tcp_server_nqn: str = ""
     nvme_tcp_server_allow_host_name: str = ""
     traffic: Traffic = field(default_factory=Traffic)
+    comment: str = ""  # printed as a `;;;` line above the item
 
 
 @dataclass
@@ -90,6 +91,7 @@ def _load_disk(raw: dict[str, Any]) -> Disk:
         nvme_tcp_server_nqn=str(raw.get("nvme_tcp_server_nqn", "")),
         nvme_tcp_server_allow_host_name=str(raw.get("nvme_tcp_server_allow_host_name", "")),
         traffic=traffic,
+        comment=str(raw.get("comment", "")),
     )
 
 

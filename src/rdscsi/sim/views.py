@@ -9,6 +9,7 @@ from rdscsi.sim.render import (
     Item,
     Prop,
     byte_count,
+    comment,
     flag,
     human_size,
     literal,
@@ -26,6 +27,7 @@ _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
 def disk_item(disk: Disk) -> Item:
     """Fields and line groups of the reference's detail capture of a file disk."""
     return (
+        (comment(disk.comment),),
         (
             literal("type", "file"),
             string("slot", disk.slot),

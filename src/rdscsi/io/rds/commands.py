@@ -19,6 +19,8 @@ Allowlists (all ASCII, matched against the whole value):
 - size: an ``int`` (not bool) with 1 <= n <= 2**63-1, sent as plain bytes, never a unit.
 - port: an ``int`` (not bool) with 1 <= n <= 65535.
 - slot prefix: a non-empty slot-shaped literal (an empty prefix would match every disk).
+- comment: at most 255 characters of ``[A-Za-z0-9 ./:=_-]`` (what a PVC's namespace and
+  name, a PV name and the driver's own words need; nothing the CLI interprets).
 - path prefix: the pool root followed by segment characters and ``/``; no ``.``/``..``
   segment, no empty segment except a trailing ``/``.
 Prefixes become ``^<literal>`` regular expressions with every metacharacter escaped.
@@ -44,6 +46,7 @@ VERBS: Final = frozenset(
         "disk-add",
         "disk-copy",
         "disk-grow",
+        "disk-comment",
         "disk-remove",
         "file-remove",
         "disk-print",
@@ -61,6 +64,7 @@ VERBS: Final = frozenset(
 HEALTH_PROBE_SLOT: Final = "__rdscsi_health__"
 
 _SLOT = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_COMMENT = re.compile(r"[A-Za-z0-9 ./:=_-]{0,255}")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,255}")
 _SEGMENT_CHARS = re.compile(r"[A-Za-z0-9._/-]*")
 _IMG_NAME = re.compile(r"[A-Za-z0-9._-]+\.img")
@@ -135,6 +139,14 @@ def validate_slot_prefix(value: object, field: str = "slot prefix") -> str:
         raise InvalidValueError(
             field, value, "must be non-empty and match [a-z0-9][a-z0-9._-]{0,63}"
         )
+    return text
+
+
+def validate_comment(value: object, field: str = "comment") -> str:
+    """``value`` if it is an allowed disk comment (may be empty: clears the comment)."""
+    text = _require_str(field, value)
+    if _COMMENT.fullmatch(text) is None:
+        raise InvalidValueError(field, value, "must be at most 255 of [A-Za-z0-9 ./:=_-]")
     return text
 
 
@@ -304,6 +316,18 @@ class CommandBuilder:
         size = format_size_exact(file_size)
         line = f"/disk set [find slot={quote(slot)}] file-size={quote(size)}"
         return Command("disk-grow", line, mutating=True, slot=slot)
+
+    def disk_comment(self, slot: str, comment: str) -> Command:
+        """Set the disk's comment: what an operator reads beside it in WinBox or the CLI.
+
+        Comments are a property of every RouterOS item (shown as a ``;;;`` line above the
+        item in ``print``); the reference does not list them for ``/disk``, so the driver
+        only ever writes them for people and never decides anything from one.
+        """
+        slot = validate_slot(slot)
+        text = validate_comment(comment)
+        line = f"/disk set [find slot={quote(slot)}] comment={quote(text)}"
+        return Command("disk-comment", line, mutating=True, slot=slot)
 
     def disk_remove(self, slot: str) -> Command:
         """Remove the disk; the backing file may remain (see :meth:`file_remove`)."""

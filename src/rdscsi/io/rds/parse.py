@@ -319,6 +319,9 @@ def _disk(entry: PrintEntry) -> DiskInfo:
         nvme_nqn=_optional(fields, "nvme-tcp-server-nqn"),
         flags=entry.flags,
         raw=fields,
+        # `;;; text` above the item in list and detail forms; `comment: text` in the
+        # key-per-line form.
+        comment=entry.comment if entry.comment is not None else _optional(fields, "comment"),
     )
 
 

@@ -37,6 +37,7 @@ class DiskInfo:
     nvme_nqn: str | None
     flags: str = ""
     raw: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    comment: str | None = None  # the item's comment, if it has one
 
 
 @attrs.frozen

@@ -6,16 +6,29 @@ the backing file's path (``print detail`` shows it as ``file-path=``), and the p
 marks a disk as the driver's own. With the default settings (``<dir>`` is
 ``/storage-pool/k8s``)::
 
-    <dir>/vol/<slot>.img                          a volume
-    <dir>/vol/<slot>.FROM.<kind>.<source>.img     a volume copied from a snapshot or volume
-    <dir>/snap/<slot>.OF.<source>.AT.<ms>.img     a snapshot of volume <source>, taken at <ms>
-                                                  (unix milliseconds, wall clock)
+    <dir>/vol/<slot>[.AS.<use>].img                          a volume
+    <dir>/vol/<slot>.FROM.<kind>.<source>[.AS.<use>].img     a volume copied from a snapshot
+                                                             or volume
+    <dir>/snap/<slot>.OF.<source>.AT.<ms>[.AS.<use>].img     a snapshot of volume <source>,
+                                                             taken at <ms> (unix ms, wall)
 
-The markers ``FROM``, ``OF`` and ``AT`` are upper case because slots cannot be (the slot
-allowlist is ``[a-z0-9._-]``), so a name splits in exactly one way whatever the slots
+The markers ``FROM``, ``OF``, ``AT`` and ``AS`` are upper case because slots cannot be (the
+slot allowlist is ``[a-z0-9._-]``), so a name splits in exactly one way whatever the slots
 contain (``--from-`` would not do: ``pvc-a--from-volume-b`` is a valid slot). The scheme is
 flat, one file per disk in two fixed directories, because the builders can only remove
 ``.img`` files: per-volume directories would be left behind empty.
+
+``AS.<use>`` is the volume's kind (:class:`Kind`), recorded once when it is created and
+never changed: ``block`` or the filesystem (``ext4``, ``xfs``), then the access modes it was
+created for, e.g. ``pvc-1.AS.ext4.snmw-snro.img``. It lives in the path, not in the disk's
+comment, because nobody can edit a disk's path afterwards and every ``print`` shows it; a
+snapshot carries its source volume's kind so that a restore keeps it after the source is
+gone. Volumes made before kinds were recorded have no ``AS`` part (kind None): they stay
+ours and usable, and the CSI layer applies its documented rule for them.
+
+The disk's comment carries, for people, which claim the volume belongs to (the PVC's
+namespace and name, the PV name): written after the disk exists, best effort, and never
+read back for a decision.
 
 A disk is ours when its file path is exactly the path the scheme gives for its slot (the
 disk's own slot, so a copy of a name is not enough). What is not ours is never changed:
@@ -31,12 +44,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from rdscsi.io.rds.commands import CommandBuilder, validate_nqn, validate_port, validate_slot
+from rdscsi.io.rds.commands import (
+    CommandBuilder,
+    validate_comment,
+    validate_nqn,
+    validate_port,
+    validate_slot,
+)
 from rdscsi.io.rds.connection import RDSConnection
 from rdscsi.io.rds.errors import (
     AlreadyExistsError,
@@ -50,13 +70,48 @@ from rdscsi.io.rds.parse import parse_ack, parse_disk, parse_disks, parse_pool
 from rdscsi.io.rds.records import DiskInfo, PoolInfo
 from rdscsi.io.rds.sizes import validate_size
 
+log = logging.getLogger("rdscsi.rds.volumes")
+
 VOLUME_PREFIXES: Final = ("pvc-", "vol-")
 SNAPSHOT_PREFIX: Final = "snap-"
 _IMG: Final = ".img"
 _FROM: Final = ".FROM."
 _OF: Final = ".OF."
 _AT: Final = ".AT."
+_AS: Final = ".AS."
 _KINDS: Final = ("snapshot", "volume")
+# A kind's words: the access type and the access modes it was created for.
+USES: Final = ("block", "ext4", "xfs")
+MODES: Final = ("mnmw", "snmw", "snro", "snsw", "snw")
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """How a volume may be used, fixed when it is created: ``block`` or a filesystem, and
+    the access modes (short tokens of the CSI names, see :data:`MODES`)."""
+
+    use: str
+    modes: frozenset[str]
+
+    def __post_init__(self) -> None:
+        if self.use not in USES:
+            raise InvalidValueError("kind", self.use, f"must be one of {', '.join(USES)}")
+        if not self.modes or not self.modes <= frozenset(MODES):
+            raise InvalidValueError(
+                "kind modes", sorted(self.modes), f"must be a non-empty subset of {MODES}"
+            )
+
+    def encode(self) -> str:
+        return f"{self.use}.{'-'.join(sorted(self.modes))}"
+
+    @classmethod
+    def decode(cls, text: str) -> Kind | None:
+        """The kind a path carries; None if ``text`` is not one (then the disk is not ours)."""
+        use, dot, modes = text.partition(".")
+        try:
+            return cls(use, frozenset(modes.split("-"))) if dot else None
+        except InvalidValueError:
+            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +135,8 @@ class Volume:
     nqn: str
     port: int
     source: VolumeSource | None
+    kind: Kind | None = None  # None: made before kinds were recorded
+    comment: str = ""  # for people: the claim it belongs to
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +148,7 @@ class Snapshot:
     size: int  # exact bytes, from size=
     created_at: float  # unix seconds, wall clock, millisecond precision
     file_path: str
+    kind: Kind | None = None  # the source volume's kind when the snapshot was taken
 
 
 @dataclass(frozen=True)
@@ -147,9 +205,10 @@ def _is_slot(text: str) -> bool:
 
 @dataclass(frozen=True)
 class _Copy:
-    """What a volume's file name says about it: its source, if it is a copy."""
+    """What a volume's file name says about it: its source, if it is a copy, and its kind."""
 
     source: VolumeSource | None
+    kind: Kind | None = None
 
 
 class VolumeStore:
@@ -187,24 +246,36 @@ class VolumeStore:
             return await self._get_volume(volume_id)
 
     async def create_volume(
-        self, volume_id: str, size: int, source: VolumeSource | None = None
+        self,
+        volume_id: str,
+        size: int,
+        source: VolumeSource | None = None,
+        kind: Kind | None = None,
+        *,
+        comment: str = "",
+        lookup: bool = True,
     ) -> Volume:
         """Create (or find, if an earlier call created it) an exported volume of ``size`` bytes.
 
         A copy must be at least as large as its source. An existing volume is returned if it
-        has the same size and source; otherwise AlreadyExistsError says what differs.
+        has the same size, source and kind (one without a recorded kind, made by an older
+        driver, matches any kind); otherwise AlreadyExistsError says what differs.
+        ``lookup=False``: the caller has just looked the slot up and found nothing, so the
+        store does not ask again (a concurrent create is still caught: the appliance
+        refuses the second disk). ``comment`` is set afterwards, best effort.
         """
         volume_id = _validate_volume_id(volume_id)
         size = validate_size(size)
         if source is not None:
             _validate_source(source)
+        comment = validate_comment(comment)
         nqn = validate_nqn(self._settings.nqn_prefix + volume_id, "nvme nqn")
-        path = self._volume_path(volume_id, source)
+        path = self._volume_path(volume_id, source, kind)
         with _about(f"volume {volume_id}"):
             # "Could not look it up" is not "absent": a failed lookup propagates.
-            existing = await self._get_volume(volume_id)
+            existing = await self._get_volume(volume_id) if lookup else None
             if existing is not None:
-                return _check_same_volume(existing, size, source)
+                return _check_same_volume(existing, size, source, kind)
             # Looked up after the target, so a retry succeeds even if the source is gone.
             if source is None:
                 command = self._b.disk_add(
@@ -215,7 +286,7 @@ class VolumeStore:
                     nvme_nqn=nqn,
                 )
             else:
-                source_size = await self._source_size(source)
+                source_size = (await self._source(source)).size
                 if size < source_size:
                     raise InvalidValueError(
                         "size", size, f"smaller than {source.kind} {source.id} ({source_size})"
@@ -238,11 +309,29 @@ class VolumeStore:
                         f"backing file {path} exists without a disk (left by an "
                         f"interrupted delete? delete_volume({volume_id}) removes it)"
                     ) from None
-                return _check_same_volume(existing, size, source)
+                return _check_same_volume(existing, size, source, kind)
+            if comment:
+                await self._comment(volume_id, comment)
             # The appliance took exactly `size` bytes (sent as a plain byte count); every later
             # lookup (a retry, ControllerGetVolume, ListVolumes) reads its size= back and a
             # retry compares it, so a third round trip here would only slow every create.
-            return Volume(volume_id, size, path, nqn, self._settings.nvme_port, source)
+            return Volume(
+                volume_id, size, path, nqn, self._settings.nvme_port, source, kind, comment
+            )
+
+    async def _comment(self, slot: str, comment: str) -> None:
+        """Best effort: a comment is for people, so failing to write one fails nothing."""
+        command = self._b.disk_comment(slot, comment)
+        try:
+            parse_ack(await self._conn.run(command), command)
+        except RDSError as exc:
+            log.warning("disk %s: comment not set (%s); the volume is fine", slot, exc)
+
+    async def get_source(self, source: VolumeSource) -> Volume | Snapshot:
+        """The volume or snapshot a copy would be made from; NotFoundError unless it is ours."""
+        _validate_source(source)
+        with _about(f"{source.kind} {source.id}"):
+            return await self._source(source)
 
     async def delete_volume(self, volume_id: str) -> None:
         """Remove the volume and its backing file; succeeds if neither exists.
@@ -306,9 +395,9 @@ class VolumeStore:
             existing = await self._get_snapshot(snapshot_id)
             if existing is not None:
                 return _check_same_snapshot(existing, source_volume_id)
-            await self._source_size(VolumeSource("volume", source_volume_id))
+            source = await self._source(VolumeSource("volume", source_volume_id))
             created_ms = round(self._wall() * 1000)
-            path = self._snapshot_path(snapshot_id, source_volume_id, created_ms)
+            path = self._snapshot_path(snapshot_id, source_volume_id, created_ms, source.kind)
             # Not exported: a snapshot is only ever read by copying it.
             command = self._b.disk_add_copy(
                 source_slot=source_volume_id, slot=snapshot_id, file_path=path
@@ -388,8 +477,8 @@ class VolumeStore:
             raise _foreign(disk)
         return snapshot
 
-    async def _source_size(self, source: VolumeSource) -> int:
-        """The size of the volume or snapshot to copy; NotFoundError unless it is ours."""
+    async def _source(self, source: VolumeSource) -> Volume | Snapshot:
+        """The volume or snapshot to copy; NotFoundError unless it is ours."""
         found: Volume | Snapshot | None
         try:
             if source.kind == "snapshot":
@@ -403,7 +492,7 @@ class VolumeStore:
             ) from exc
         if found is None:
             raise NotFoundError(f"source {source.kind} {source.id} does not exist")
-        return found.size
+        return found
 
     # --- deleting ------------------------------------------------------------------------
 
@@ -423,29 +512,40 @@ class VolumeStore:
 
     # --- the path scheme -----------------------------------------------------------------
 
-    def _volume_path(self, slot: str, source: VolumeSource | None) -> str:
-        if source is None:
-            return f"{self._vol_dir}{slot}{_IMG}"
-        return f"{self._vol_dir}{slot}{_FROM}{source.kind}.{source.id}{_IMG}"
+    def _volume_path(self, slot: str, source: VolumeSource | None, kind: Kind | None) -> str:
+        copied = "" if source is None else f"{_FROM}{source.kind}.{source.id}"
+        return f"{self._vol_dir}{slot}{copied}{_kind_part(kind)}{_IMG}"
 
-    def _snapshot_path(self, slot: str, source_volume_id: str, created_ms: int) -> str:
-        return f"{self._snap_dir}{slot}{_OF}{source_volume_id}{_AT}{created_ms}{_IMG}"
+    def _snapshot_path(
+        self, slot: str, source_volume_id: str, created_ms: int, kind: Kind | None
+    ) -> str:
+        return (
+            f"{self._snap_dir}{slot}{_OF}{source_volume_id}{_AT}{created_ms}"
+            f"{_kind_part(kind)}{_IMG}"
+        )
 
     def _volume_copy_of(self, slot: str, path: str) -> _Copy | None:
         """None unless ``path`` is the scheme's path for volume ``slot``."""
         name = path.removeprefix(self._vol_dir)
         if name == path or not name.endswith(_IMG):
             return None
-        stem = name.removesuffix(_IMG)
+        split = _split_kind(name.removesuffix(_IMG))
+        if split is None:
+            return None
+        stem, kind = split
         if stem == slot:
-            return _Copy(None)
+            return _Copy(None, kind)
         if not stem.startswith(slot + _FROM):
             return None
-        kind, _, source_id = stem.removeprefix(slot + _FROM).partition(".")
-        if kind == "snapshot" and source_id.startswith(SNAPSHOT_PREFIX) and _is_slot(source_id):
-            return _Copy(VolumeSource("snapshot", source_id))
-        if kind == "volume" and source_id.startswith(VOLUME_PREFIXES) and _is_slot(source_id):
-            return _Copy(VolumeSource("volume", source_id))
+        source_kind, _, source_id = stem.removeprefix(slot + _FROM).partition(".")
+        if (
+            source_kind == "snapshot"
+            and source_id.startswith(SNAPSHOT_PREFIX)
+            and _is_slot(source_id)
+        ):
+            return _Copy(VolumeSource("snapshot", source_id), kind)
+        if source_kind == "volume" and source_id.startswith(VOLUME_PREFIXES) and _is_slot(source_id):
+            return _Copy(VolumeSource("volume", source_id), kind)
         return None
 
     def _is_volume_file(self, slot: str, path: str) -> bool:
@@ -454,19 +554,26 @@ class VolumeStore:
     def _volume_copy(self, disk: DiskInfo) -> _Copy | None:
         return None if disk.file_path is None else self._volume_copy_of(disk.slot, disk.file_path)
 
-    def _snapshot_origin(self, slot: str, path: str | None) -> tuple[str, int] | None:
-        """(source volume id, creation unix ms) if ``path`` is the scheme's for ``slot``."""
+    def _snapshot_origin(
+        self, slot: str, path: str | None
+    ) -> tuple[str, int, Kind | None] | None:
+        """(source volume id, creation unix ms, kind) if ``path`` is the scheme's for
+        ``slot``."""
         if path is None:
             return None
         name = path.removeprefix(self._snap_dir)
         if name == path or not name.startswith(slot + _OF) or not name.endswith(_IMG):
             return None
-        source_id, at, created_ms = name[len(slot + _OF) : -len(_IMG)].partition(_AT)
+        split = _split_kind(name[len(slot + _OF) : -len(_IMG)])
+        if split is None:
+            return None
+        rest, kind = split
+        source_id, at, created_ms = rest.partition(_AT)
         if not at or not created_ms.isascii() or not created_ms.isdigit():
             return None
         if not source_id.startswith(VOLUME_PREFIXES) or not _is_slot(source_id):
             return None
-        return source_id, int(created_ms)
+        return source_id, int(created_ms), kind
 
     def _is_snapshot_file(self, slot: str, path: str) -> bool:
         return self._snapshot_origin(slot, path) is not None
@@ -485,6 +592,8 @@ class VolumeStore:
             nqn=(disk.nvme_nqn or "") if disk.nvme_export else "",
             port=(disk.nvme_port or 0) if disk.nvme_export else 0,
             source=origin.source,
+            kind=origin.kind,
+            comment=disk.comment or "",
         )
 
     def _snapshot(self, disk: DiskInfo) -> Snapshot | None:
@@ -492,13 +601,14 @@ class VolumeStore:
         origin = self._snapshot_origin(disk.slot, disk.file_path)
         if origin is None or disk.file_path is None:
             return None
-        source_volume_id, created_ms = origin
+        source_volume_id, created_ms, kind = origin
         return Snapshot(
             id=disk.slot,
             source_volume_id=source_volume_id,
             size=_exact_size(disk),
             created_at=created_ms / 1000,
             file_path=disk.file_path,
+            kind=kind,
         )
 
 
@@ -511,13 +621,31 @@ def _validate_source(source: VolumeSource) -> None:
         raise InvalidValueError("source kind", source.kind, f"must be one of {_KINDS}")
 
 
-def _check_same_volume(existing: Volume, size: int, source: VolumeSource | None) -> Volume:
-    """``existing`` if it is what a create of (size, source) makes, else AlreadyExists."""
+def _kind_part(kind: Kind | None) -> str:
+    return "" if kind is None else f"{_AS}{kind.encode()}"
+
+
+def _split_kind(stem: str) -> tuple[str, Kind | None] | None:
+    """``stem`` without its ``.AS.<use>`` part, and the kind; None if that part is bad."""
+    rest, marker, text = stem.partition(_AS)
+    if not marker:
+        return stem, None
+    kind = Kind.decode(text)
+    return None if kind is None else (rest, kind)
+
+
+def _check_same_volume(
+    existing: Volume, size: int, source: VolumeSource | None, kind: Kind | None
+) -> Volume:
+    """``existing`` if it is what a create of (size, source, kind) makes, else AlreadyExists."""
     differences: list[str] = []
     if existing.size != size:
         differences.append(f"size {existing.size} bytes, not {size}")
     if existing.source != source:
         differences.append(f"source {_describe(existing.source)}, not {_describe(source)}")
+    if existing.kind is not None and existing.kind != kind:
+        shown = "none" if kind is None else kind.encode()
+        differences.append(f"kind {existing.kind.encode()}, not {shown}")
     if not existing.nqn or not existing.port:
         differences.append("no NVMe/TCP export")
     if differences:
