@@ -113,7 +113,9 @@ def node_transports(config: DriverConfig) -> dict[str, Transport]:
     return transports
 
 
-def build_node_service(config: DriverConfig, machines: Machines) -> NodeService:
+def build_node_service(
+    config: DriverConfig, machines: Machines, sink: EventSink | None = None
+) -> NodeService:
     return NodeService(
         NodeSettings(
             node_id=config.node_id,
@@ -122,9 +124,11 @@ def build_node_service(config: DriverConfig, machines: Machines) -> NodeService:
             transport=config.transport,
             state_dir=Path(config.node_state_dir),
             max_volumes=config.max_volumes_per_node,
+            kubelet_dir=Path(config.kubelet_dir),
         ),
         node_transports(config),
         machines.node_volume,
+        events=sink,
     )
 
 
@@ -151,7 +155,7 @@ def build_node(
     machines = build_machines(
         clock, sink, lambda reason: None, registry, extra_listeners=(TransitionLogger(),)
     )
-    node = build_node_service(config, machines)
+    node = build_node_service(config, machines, sink)
     identity = IdentityService(config.name, False, lambda: True)
     return NodeApp(
         config,
@@ -238,7 +242,7 @@ def build_controller(
         directory,
         on_pool=(pool := PoolGauge(registry)).record,
     )
-    node = build_node_service(config, machines) if config.node else None
+    node = build_node_service(config, machines, sink) if config.node else None
     app = ControllerApp(
         config,
         machines,

@@ -43,7 +43,15 @@ def _run(args: argparse.Namespace) -> int:
     from .run import RunOptions, run
 
     return asyncio.run(
-        run(RunOptions(Path(args.state_dir), args.endpoint, args.metrics_address, args.node_id))
+        run(
+            RunOptions(
+                Path(args.state_dir),
+                args.endpoint,
+                args.metrics_address,
+                args.node_id,
+                Path(args.kubelet_dir) if args.kubelet_dir else None,
+            )
+        )
     )
 
 
@@ -114,7 +122,8 @@ def _demo(args: argparse.Namespace) -> int:
     from .run import default_endpoint
 
     endpoint = args.endpoint or default_endpoint(Path(args.state_dir))
-    return asyncio.run(demo(endpoint, args.node_id))
+    kubelet = Path(args.kubelet_dir) if args.kubelet_dir else None
+    return asyncio.run(demo(endpoint, args.node_id, kubelet_dir=kubelet))
 
 
 def _config_reference(args: argparse.Namespace) -> int:
@@ -179,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--node-id", default="", help="this node's id (default: the host name)")
     p.add_argument(
+        "--kubelet-dir",
+        default="",
+        help="the only directory the Node service takes staging and target paths in, as "
+        "kubelet's root in a cluster (default: <state dir>/kubelet)",
+    )
+    p.add_argument(
         "--metrics-address",
         default="127.0.0.1:9809",
         metavar="HOST:PORT",
@@ -206,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--node-id", default="", help="node to attach and publish to (default: the host name)"
+    )
+    p.add_argument(
+        "--kubelet-dir",
+        default="",
+        help="where to stage and publish: the --kubelet-dir `rdscsi run` was given "
+        "(default: kubelet/ beside the endpoint's socket)",
     )
     p.set_defaults(func=_demo)
 

@@ -115,6 +115,7 @@ class DriverConfig:
     known_nodes: list[str] = attrs.Factory(list)  # standalone: nodes that may attach
     state_dir: str = ""  # standalone: directory where attachments are kept across restarts (created at start)
     node_state_dir: str = "/var/lib/rdscsi"  # node: directory of per-volume records, how to reach devices (created at start)
+    kubelet_dir: str = "/var/lib/kubelet"  # node: kubelet's root directory; every staging and target path must lie inside it
     loop_root: str = ""  # transport "loop": the simulator's files directory
     max_volumes_per_node: int = attrs.field(default=0, validator=_not_negative)  # volumes per node reported by NodeGetInfo (count); 0: no limit
     # fmt: on
@@ -200,6 +201,17 @@ class DriverConfig:
                 str(
                     refuse(
                         "loop_root", self.loop_root, "is not a directory", "the simulator's files"
+                    )
+                )
+            )
+        if self.node and not Path(self.kubelet_dir).is_dir():
+            problems.append(
+                str(
+                    refuse(
+                        "kubelet_dir",
+                        self.kubelet_dir,
+                        "is not a directory",
+                        "kubelet's root directory (kubelet --root-dir)",
                     )
                 )
             )

@@ -84,7 +84,12 @@ async def _step(out: Out, what: str, call: Awaitable[Any], show: Callable[[Any],
 
 
 async def _node_steps(
-    channel: grpc.aio.Channel, vol: pb.Volume, cap: pb.VolumeCapability, out: Out, undo: Cleanup
+    channel: grpc.aio.Channel,
+    vol: pb.Volume,
+    cap: pb.VolumeCapability,
+    out: Out,
+    undo: Cleanup,
+    kubelet: Path,
 ) -> None:
     """Stage, publish, write, read back, unpublish, unstage, if the endpoint serves Node."""
     node = csi_pb2_grpc.NodeStub(channel)
@@ -96,7 +101,8 @@ async def _node_steps(
         out("· no Node service on this endpoint (the `rdscsi run` banner says why): skipping")
         out("  NodeStageVolume, NodePublishVolume and the write through the mount")
         return
-    tmp = Path(tempfile.mkdtemp(prefix="rdscsi-demo-"))
+    # The node plugin takes only paths inside its kubelet directory.
+    tmp = Path(tempfile.mkdtemp(prefix="rdscsi-demo-", dir=kubelet))
     # rmdir only: a directory still mounted (or holding files) is reported, never emptied
     undo.add("tmp", f"directory {tmp}", lambda: _rmdirs(tmp, tmp / "pod", tmp / "staging"))
     staging, target = tmp / "staging", tmp / "pod"
@@ -198,7 +204,14 @@ async def _ready(identity: Any, out: Out) -> bool:
         await asyncio.sleep(0.2)
 
 
-async def demo(endpoint: str, node_id: str = "", out: Out = print) -> int:
+def default_kubelet_dir(endpoint: str) -> Path:
+    """`rdscsi run`'s kubelet directory: `kubelet/` beside its socket (in its state dir)."""
+    return Path(endpoint.removeprefix("unix://")).parent / "kubelet"
+
+
+async def demo(
+    endpoint: str, node_id: str = "", out: Out = print, kubelet_dir: Path | None = None
+) -> int:
     problems = endpoint_problems(endpoint)
     if problems:
         out(f"✗ --{problems[0]}")
@@ -233,7 +246,8 @@ async def demo(endpoint: str, node_id: str = "", out: Out = print) -> int:
         undo = Cleanup(out)
         ok = False
         try:
-            ok = await _tour(channel, ctl, node, pvc, restored, cap, out, undo)
+            kubelet = kubelet_dir or default_kubelet_dir(endpoint)
+            ok = await _tour(channel, ctl, node, pvc, restored, cap, out, undo, kubelet)
         finally:
             cleaned = await undo.run()
         return 0 if ok and cleaned else 1
@@ -248,6 +262,7 @@ async def _tour(
     cap: pb.VolumeCapability,
     out: Out,
     undo: Cleanup,
+    kubelet: Path,
 ) -> bool:
     def delete_volume(vid: str) -> Callable[[], Awaitable[Any]]:
         return lambda: ctl.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid))
@@ -340,7 +355,7 @@ async def _tour(
         ).volume
         undo.add("restored", f"volume {rvol.volume_id}", delete_volume(rvol.volume_id))
         await _step(out, "ListVolumes", ctl.ListVolumes(pb.ListVolumesRequest()), _listing)
-        await _node_steps(channel, vol, cap, out, undo)
+        await _node_steps(channel, vol, cap, out, undo, kubelet)
         await _step(
             out,
             "ControllerUnpublishVolume",

@@ -59,6 +59,7 @@ class RunOptions:
     endpoint: str = ""  # default: unix://<state-dir>/csi.sock, absolute
     metrics_address: str = "127.0.0.1:9809"  # empty: no metrics endpoint
     node_id: str = ""  # default: this host's name
+    kubelet_dir: Path | None = None  # default: <state-dir>/kubelet (node paths must lie inside)
 
 
 __all__ = [
@@ -145,8 +146,14 @@ def _config(
         known_nodes=[node_id],
         state_dir=str(state_dir),
         node_state_dir=str(state_dir / "node"),
+        kubelet_dir=str(kubelet_dir(options, state_dir)),
         loop_root=str(loop_root),
     ).validate()
+
+
+def kubelet_dir(options: RunOptions, state_dir: Path) -> Path:
+    """Where the Node service takes staging and target paths: kubelet's root in a cluster."""
+    return (options.kubelet_dir or state_dir / "kubelet").resolve()
 
 
 def _lock(state_dir: Path) -> IO[str]:
@@ -214,6 +221,8 @@ async def _run(
     node, why_not = node_support()
     sim_dir = state_dir / "sim"
     sim_dir.mkdir(parents=True, exist_ok=True)
+    if node:
+        kubelet_dir(options, state_dir).mkdir(parents=True, exist_ok=True)
     # The options first, before anything starts (the appliance is not known yet).
     placeholder = ApplianceConfig(address="127.0.0.1", insecure_skip_host_key_check=True)
     _config(options, state_dir, node, placeholder, sim_dir).prepare()
@@ -259,7 +268,7 @@ async def _run(
     if node:
         say(
             f"CSI Identity, Controller and Node on {config.endpoint} (node {node_id}; volumes "
-            "attach as loop devices)"
+            f"attach as loop devices; node paths only under {config.kubelet_dir})"
         )
     else:
         say(f"CSI Identity and Controller on {config.endpoint}")

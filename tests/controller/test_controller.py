@@ -83,6 +83,7 @@ async def test_capabilities_cover_the_issue(cluster: Cluster) -> None:
         T.GET_VOLUME,
         T.VOLUME_CONDITION,
         T.SINGLE_NODE_MULTI_WRITER,
+        T.PUBLISH_READONLY,
     }
 
 
@@ -96,15 +97,16 @@ async def test_create_is_exact_and_idempotent(cluster: Cluster) -> None:
         size=size,
         parameters={"nvmeCtrlLossTmo": "30", "csi.storage.k8s.io/pvc/name": "data"},
     )
-    assert vol.volume_id == PVC and vol.capacity_bytes == size
-    assert cluster.sim.store.disks[PVC].size == size
+    rounded = 3 * GIB + 8192  # whole 4096-byte blocks: what every device can honour
+    assert vol.volume_id == PVC and vol.capacity_bytes == rounded
+    assert cluster.sim.store.disks[PVC].size == rounded
     ctx = dict(vol.volume_context)
     assert ctx["nqn"].endswith(PVC) and ctx["nvmePort"] == "4420"
     assert ctx["nvmeCtrlLossTmo"] == "30" and ctx["nvmeAddress"] == "127.0.0.1"
     assert dict(vol.accessible_topology[0].segments) == {"rds.csi.test/appliance": "sim-1"}
     again = await create(cluster, size=size)
     assert again.volume_id == vol.volume_id and cluster.disks() == [PVC]
-    code, msg = await code_of(create(cluster, size=size + 1))
+    code, msg = await code_of(create(cluster, size=rounded + 1))
     assert code == grpc.StatusCode.ALREADY_EXISTS and PVC in msg
 
 
@@ -144,7 +146,7 @@ BAD_CREATES = [
         grpc.StatusCode.INVALID_ARGUMENT,
         "access_mode",
     ),
-    (dict(parameters={"colour": "blue"}), grpc.StatusCode.INVALID_ARGUMENT, "parameter colour"),
+    (dict(parameters={"colour": "blue"}), grpc.StatusCode.INVALID_ARGUMENT, "parameter 'colour'"),
     (
         dict(parameters={"nvmeKeepAliveTmo": "soon"}),
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -404,14 +406,14 @@ async def test_capacity_and_expand(cluster: Cluster) -> None:
             volume_capability=mount_cap(),
         )
     )
-    assert resp.capacity_bytes == 5 * GIB + 1 and resp.node_expansion_required
-    assert cluster.sim.store.disks[PVC].size == 5 * GIB + 1
+    assert resp.capacity_bytes == 5 * GIB + 4096 and resp.node_expansion_required
+    assert cluster.sim.store.disks[PVC].size == 5 * GIB + 4096
     resp = await cluster.controller.ControllerExpandVolume(
         pb.ControllerExpandVolumeRequest(
             volume_id=PVC, capacity_range=pb.CapacityRange(required_bytes=GIB)
         )
     )
-    assert resp.capacity_bytes == 5 * GIB + 1  # never shrinks
+    assert resp.capacity_bytes == 5 * GIB + 4096  # never shrinks
     code, _ = await code_of(
         cluster.controller.ControllerExpandVolume(
             pb.ControllerExpandVolumeRequest(
@@ -582,7 +584,7 @@ BAD_REQUESTS = [
         "GetCapacity",
         C.GetCapacityRequest(parameters={"bogus": "1"}),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "parameter bogus",
+        "parameter 'bogus'",
     ),
     (
         "CreateSnapshot",

@@ -97,6 +97,7 @@ async def node(tmp_path: Path, client_key: asyncssh.SSHKey) -> AsyncIterator[Nod
         loop_root=str(sim.store.files_root),
         known_nodes=[NODE],
         node_state_dir=str(tmp_path / "node-state"),
+        kubelet_dir=str(tmp_path / "kubelet"),
     ).validate()
     clock, registry = ManualClock(), CollectorRegistry()
     app = build_controller(config, clock, MemorySink(), registry)

@@ -16,16 +16,26 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ..io.rds.errors import AlreadyExistsError, RDSError
+from ..io.rds.errors import AlreadyExistsError, NotFoundError, RDSError
 from ..io.rds.volumes import Snapshot, Volume, VolumeSource, VolumeStore
 from . import csi_pb2 as pb
 from . import csi_pb2_grpc
 from .attachments import AttachmentBook, NodeDirectory
+from .kind import COPY_OF, VolumeKind, kind_of
 from .locks import OperationLocks
 from .naming import is_snapshot_id, is_volume_id, snapshot_id, volume_id
-from .params import check_capabilities, check_capability, pick_size, volume_parameters
+from .params import (
+    DEFAULT_FS,
+    CapabilityCheck,
+    check_capabilities,
+    check_capability,
+    expand_size,
+    pick_size,
+    size_fits,
+    volume_parameters,
+)
 from .rpc import rpc
-from .status import RPCError, from_rds, invalid, not_found, precondition, required
+from .status import RPCError, from_rds, invalid, not_found, precondition, required, shown
 
 log = logging.getLogger("rdscsi.controller")
 
@@ -44,6 +54,7 @@ CAPABILITIES = (
     Cap.GET_VOLUME,
     Cap.SINGLE_NODE_MULTI_WRITER,
     Cap.GET_SNAPSHOT,
+    Cap.PUBLISH_READONLY,
 )
 
 
@@ -78,6 +89,10 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         self.attachments = attachments
         self.nodes = nodes
         self.locks = locks or OperationLocks()
+        # (volume, node) -> readonly of its ControllerPublishVolume, to answer a second
+        # publish with the other flag ALREADY_EXISTS. Memory only: after a restart the first
+        # publish sets it again (the node enforces read-only from the publish context).
+        self._readonly: dict[tuple[str, str], bool] = {}
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -109,6 +124,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         }
         if self.settings.transport == "loop":
             ctx["filePath"] = vol.file_path  # the simulator's node side attaches this file
+        kind = VolumeKind.from_store(vol.kind)
+        if kind is not None:
+            ctx.update(kind.context())
+        if vol.source is not None:
+            ctx[COPY_OF] = f"{vol.source.kind}/{vol.source.id}"
         ctx.update(params)
         return ctx
 
@@ -165,68 +185,126 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
 
     @rpc
     async def CreateVolume(self, req: pb.CreateVolumeRequest, ctx: Any) -> pb.CreateVolumeResponse:
-        self._leader(f"volume {req.name}")
-        required(req.name, "name")
-        check_capabilities(list(req.volume_capabilities))
-        params = volume_parameters(req.parameters)
-        vid = volume_id(req.name)
+        name = required(req.name, "name")
+        self._leader(f"volume {shown(name)}")
+        kind = kind_of(check_capabilities(list(req.volume_capabilities)))
+        params = volume_parameters(req.parameters, None if kind.block else kind.fs)
+        vid = volume_id(name)
+        what = f"volume {shown(name)} ({vid})"
         if req.HasField("accessibility_requirements") and not self._reachable(
             req.accessibility_requirements
         ):
             raise RPCError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"volume {req.name}: accessibility requirements exclude appliance "
-                f"{self.settings.appliance}",
+                f"{what}: accessibility requirements exclude appliance {self.settings.appliance}",
             )
-        source: VolumeSource | None = None
-        floor = 0
-        if req.HasField("volume_content_source"):
-            kind = req.volume_content_source.WhichOneof("type")
-            if kind == "snapshot":
-                sid = req.volume_content_source.snapshot.snapshot_id
-                snap = await self._source_snapshot(sid)
-                source, floor = VolumeSource("snapshot", sid), snap.size
-            elif kind == "volume":
-                src = req.volume_content_source.volume.volume_id
-                if not is_volume_id(src):
-                    raise not_found(f"source volume {src!r} does not exist")
-                vol = await self._existing_volume(src, "source volume")
-                source, floor = VolumeSource("volume", src), vol.size
-            else:
-                raise invalid("volume_content_source: snapshot or volume is required")
-        size = pick_size(
-            req.capacity_range if req.HasField("capacity_range") else None,
-            floor,
-            f"volume {req.name}",
-        )
+        source = self._requested_source(req)
+        rng = req.capacity_range if req.HasField("capacity_range") else None
+        pick_size(rng, 0, what, kind.minimum_size)  # a range no size can meet fails first
         with self.locks.hold(vid):
             try:
-                vol = await self.store.create_volume(vid, size, source)
+                # The volume first: a retry finds what an earlier call made, even after its
+                # source is gone (answering NOT_FOUND then would orphan the volume).
+                existing = await self.store.get_volume(vid)
+                if existing is not None:
+                    vol = self._same_volume(existing, kind, source, rng, what)
+                else:
+                    floor = await self._source_floor(source, kind) if source else 0
+                    size = pick_size(rng, floor, what, kind.minimum_size)
+                    vol = await self.store.create_volume(
+                        vid,
+                        size,
+                        source,
+                        kind.to_store(),
+                        comment=params.comment,
+                        lookup=False,
+                    )
             except AlreadyExistsError as exc:
                 raise RPCError(
                     grpc.StatusCode.ALREADY_EXISTS,
-                    f"volume {req.name} ({vid}) exists with different settings: {exc}",
+                    f"{what} exists with different settings: {exc}",
                 ) from exc
             except RDSError as exc:
-                raise from_rds(exc, f"volume {req.name} ({vid})") from exc
-        log.info("created volume %s (%s bytes) for %s", vid, vol.size, req.name)
-        return pb.CreateVolumeResponse(volume=self._volume_message(vol, params))
+                raise from_rds(exc, what) from exc
+        log.info(
+            "created volume %s (%s bytes, %s) for %s", vid, vol.size, kind.describe(), shown(name)
+        )
+        return pb.CreateVolumeResponse(volume=self._volume_message(vol, params.context))
 
-    async def _source_snapshot(self, sid: str) -> Snapshot:
-        if not is_snapshot_id(sid):
-            raise not_found(f"source snapshot {sid!r} does not exist")
+    @staticmethod
+    def _requested_source(req: pb.CreateVolumeRequest) -> VolumeSource | None:
+        if not req.HasField("volume_content_source"):
+            return None
+        kind = req.volume_content_source.WhichOneof("type")
+        if kind == "snapshot":
+            sid = req.volume_content_source.snapshot.snapshot_id
+            if not is_snapshot_id(sid):
+                raise not_found(f"source snapshot {shown(sid)} does not exist")
+            return VolumeSource("snapshot", sid)
+        if kind == "volume":
+            src = req.volume_content_source.volume.volume_id
+            if not is_volume_id(src):
+                raise not_found(f"source volume {shown(src)} does not exist")
+            return VolumeSource("volume", src)
+        raise invalid("volume_content_source: snapshot or volume is required")
+
+    async def _source_floor(self, source: VolumeSource, kind: VolumeKind) -> int:
+        """The source's size (a copy is at least as large); NOT_FOUND if it is gone, and
+        INVALID_ARGUMENT if a copy of it cannot have ``kind``."""
+        what = f"source {source.kind} {source.id}"
         try:
-            snap = await self.store.get_snapshot(sid)
-        except RDSError as exc:
-            raise from_rds(exc, f"source snapshot {sid}") from exc
-        if snap is None:
-            raise not_found(f"source snapshot {sid} does not exist")
-        return snap
+            found = await self.store.get_source(source)
+        except NotFoundError as exc:
+            raise not_found(f"{what} does not exist") from exc
+        recorded = VolumeKind.from_store(found.kind)
+        if recorded is not None and recorded.block != kind.block:
+            if recorded.block:
+                raise invalid(
+                    f"{what} holds raw block data; a filesystem volume made from it would "
+                    "look blank and be formatted over it: restore it as a block volume"
+                )
+        elif recorded is not None and recorded.fs != kind.fs:
+            raise invalid(
+                f"{what} holds {recorded.fs}; a copy of it cannot be {kind.fs}: ask for "
+                f"fs_type {recorded.fs}"
+            )
+        return found.size
+
+    @staticmethod
+    def _same_volume(
+        vol: Volume,
+        kind: VolumeKind,
+        source: VolumeSource | None,
+        rng: pb.CapacityRange | None,
+        what: str,
+    ) -> Volume:
+        """``vol`` if it is compatible with this CreateVolume (CSI: then the answer is OK),
+        else ALREADY_EXISTS naming what differs."""
+        differences: list[str] = []
+        if not size_fits(vol.size, rng, what):
+            differences.append(f"size {vol.size} bytes is outside the requested range")
+        if vol.source != source:
+            had = "none" if vol.source is None else f"{vol.source.kind} {vol.source.id}"
+            differences.append(f"it was copied from {had}")
+        recorded = VolumeKind.from_store(vol.kind)
+        if recorded is not None and (
+            (recorded.block, recorded.fs) != (kind.block, kind.fs)
+            or not kind.modes <= recorded.modes
+        ):
+            differences.append(f"it is {recorded.describe()}")
+        if not vol.nqn or not vol.port:
+            differences.append("it has no NVMe/TCP export")
+        if differences:
+            raise RPCError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"{what} already exists, but {'; '.join(differences)}",
+            )
+        return vol
 
     @rpc
     async def DeleteVolume(self, req: pb.DeleteVolumeRequest, ctx: Any) -> pb.DeleteVolumeResponse:
-        self._leader(f"volume {req.volume_id}")
         vid = required(req.volume_id, "volume_id")
+        self._leader(f"volume {shown(vid)}")
         if not is_volume_id(vid):
             return pb.DeleteVolumeResponse()  # never ours, so already gone
         with self.locks.hold(vid):
@@ -245,42 +323,65 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     async def ControllerPublishVolume(
         self, req: pb.ControllerPublishVolumeRequest, ctx: Any
     ) -> pb.ControllerPublishVolumeResponse:
-        self._leader(f"volume {req.volume_id}")
         vid = required(req.volume_id, "volume_id")
+        self._leader(f"volume {shown(vid)}")
         node = required(req.node_id, "node_id")
         if not req.HasField("volume_capability"):
             raise invalid("volume_capability: required")
         cap = check_capability(req.volume_capability)
         if not is_volume_id(vid):
-            raise not_found(f"volume {vid} does not exist")
+            raise not_found(f"volume {shown(vid)} does not exist")
         if not self.nodes.known(node):
-            raise not_found(f"node {node} does not exist")
+            raise not_found(f"node {shown(node)} does not exist")
         with self.locks.hold(vid):
             vol = await self._existing_volume(vid)
+            self._check_kind(vol, cap)
+            self._check_readonly(vid, node, req.readonly)
             step = self.attachments.publish(vid, node, cap.multi_node)
             if "AttachmentConflict" in step.transition.hooks:
                 holders = ", ".join(self.attachments.nodes(vid))
                 raise precondition(
                     f"volume {vid} is attached to node {holders}; cannot attach it to {node}"
                 )
+            self._readonly[(vid, node)] = req.readonly
         return pb.ControllerPublishVolumeResponse(
             publish_context={
                 "nqn": vol.nqn,
                 "nvmeAddress": self.settings.nvme_address,
                 "nvmePort": str(vol.port),
+                # The node stages the whole attachment read-only: a read-only mount, or the
+                # block device's own read-only flag.
+                "readonly": "true" if req.readonly else "false",
             }
         )
+
+    @staticmethod
+    def _check_kind(vol: Volume, cap: CapabilityCheck) -> None:
+        kind = VolumeKind.from_store(vol.kind)
+        why = kind.refusal(cap) if kind is not None else None
+        if why is not None:
+            raise invalid(f"volume_capability: volume {vol.id} cannot be used so: {why}")
+
+    def _check_readonly(self, vid: str, node: str, readonly: bool) -> None:
+        was = self._readonly.get((vid, node))
+        if was is not None and was != readonly and node in self.attachments.nodes(vid):
+            raise RPCError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"volume {vid} is published to node {node} with readonly={str(was).lower()}; "
+                "unpublish it before publishing it again with another readonly flag",
+            )
 
     @rpc
     async def ControllerUnpublishVolume(
         self, req: pb.ControllerUnpublishVolumeRequest, ctx: Any
     ) -> pb.ControllerUnpublishVolumeResponse:
-        self._leader(f"volume {req.volume_id}")
         vid = required(req.volume_id, "volume_id")
+        self._leader(f"volume {shown(vid)}")
         with self.locks.hold(vid):
             # An empty node_id means: from every node (CSI spec).
             for node in [req.node_id] if req.node_id else list(self.attachments.nodes(vid)):
                 self.attachments.unpublish(vid, node)
+                self._readonly.pop((vid, node), None)
         return pb.ControllerUnpublishVolumeResponse()
 
     @rpc
@@ -291,11 +392,17 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         if not req.volume_capabilities:
             raise invalid("volume_capabilities: at least one is required")
         if not is_volume_id(vid):
-            raise not_found(f"volume {vid} does not exist")
-        await self._existing_volume(vid)
+            raise not_found(f"volume {shown(vid)} does not exist")
+        vol = await self._existing_volume(vid)
+        kind = VolumeKind.from_store(vol.kind)
         try:
-            check_capabilities(list(req.volume_capabilities))
-            volume_parameters(req.parameters)
+            caps = check_capabilities(list(req.volume_capabilities))
+            for i, cap in enumerate(caps):
+                why = kind.refusal(cap) if kind is not None else None
+                if why is not None:
+                    raise invalid(f"volume_capabilities[{i}]: {why}")
+            fs = kind.fs if kind is not None else (caps[0].fs_type or DEFAULT_FS)
+            volume_parameters(req.parameters, None if caps[0].block else fs)
         except RPCError as exc:
             return pb.ValidateVolumeCapabilitiesResponse(message=exc.message)
         return pb.ValidateVolumeCapabilitiesResponse(
@@ -369,24 +476,24 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     async def ControllerExpandVolume(
         self, req: pb.ControllerExpandVolumeRequest, ctx: Any
     ) -> pb.ControllerExpandVolumeResponse:
-        self._leader(f"volume {req.volume_id}")
         vid = required(req.volume_id, "volume_id")
+        self._leader(f"volume {shown(vid)}")
         if not req.HasField("capacity_range"):
             raise invalid("capacity_range: required")
-        block = False
-        if req.HasField("volume_capability"):
-            block = check_capability(req.volume_capability).block
+        cap = check_capability(req.volume_capability) if req.HasField("volume_capability") else None
         if not is_volume_id(vid):
-            raise not_found(f"volume {vid} does not exist")
+            raise not_found(f"volume {shown(vid)} does not exist")
         with self.locks.hold(vid):
             vol = await self._existing_volume(vid)
-            size = pick_size(req.capacity_range, 0, f"volume {vid}")
-            if size < vol.size:
-                size = vol.size  # grow only; a smaller request is already satisfied
+            if cap is not None:
+                self._check_kind(vol, cap)
+            size = expand_size(req.capacity_range, vol.size, f"volume {vid}")
             try:
                 vol = await self.store.expand_volume(vid, size)
             except RDSError as exc:
                 raise from_rds(exc, f"volume {vid}") from exc
+        kind = VolumeKind.from_store(vol.kind)
+        block = kind.block if kind is not None else (cap is not None and cap.block)
         return pb.ControllerExpandVolumeResponse(
             capacity_bytes=vol.size, node_expansion_required=not block
         )
@@ -397,38 +504,36 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     async def CreateSnapshot(
         self, req: pb.CreateSnapshotRequest, ctx: Any
     ) -> pb.CreateSnapshotResponse:
-        self._leader(f"snapshot {req.name}")
-        required(req.name, "name")
+        name = required(req.name, "name")
+        self._leader(f"snapshot {shown(name)}")
         src = required(req.source_volume_id, "source_volume_id")
-        sid = snapshot_id(req.name)
+        sid = snapshot_id(name)
+        what = f"snapshot {shown(name)} ({sid})"
         if not is_volume_id(src):
-            raise not_found(f"source volume {src} does not exist")
+            raise not_found(f"source volume {shown(src)} does not exist")
         with self.locks.hold(sid):
             try:
                 existing = await self.store.get_snapshot(sid)
                 if existing is not None and existing.source_volume_id != src:
                     raise RPCError(
                         grpc.StatusCode.ALREADY_EXISTS,
-                        f"snapshot {req.name} ({sid}) exists for volume "
-                        f"{existing.source_volume_id}, not {src}",
+                        f"{what} exists for volume {existing.source_volume_id}, not {src}",
                     )
                 if existing is None:
                     await self._existing_volume(src, "source volume")
                 snap = existing or await self.store.create_snapshot(sid, src)
             except AlreadyExistsError as exc:
-                raise RPCError(
-                    grpc.StatusCode.ALREADY_EXISTS, f"snapshot {req.name} ({sid}): {exc}"
-                ) from exc
+                raise RPCError(grpc.StatusCode.ALREADY_EXISTS, f"{what}: {exc}") from exc
             except RDSError as exc:
-                raise from_rds(exc, f"snapshot {req.name} ({sid})") from exc
+                raise from_rds(exc, what) from exc
         return pb.CreateSnapshotResponse(snapshot=self._snapshot_message(snap))
 
     @rpc
     async def DeleteSnapshot(
         self, req: pb.DeleteSnapshotRequest, ctx: Any
     ) -> pb.DeleteSnapshotResponse:
-        self._leader(f"snapshot {req.snapshot_id}")
         sid = required(req.snapshot_id, "snapshot_id")
+        self._leader(f"snapshot {shown(sid)}")
         if not is_snapshot_id(sid):
             return pb.DeleteSnapshotResponse()
         with self.locks.hold(sid):
@@ -452,6 +557,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
                 snaps = [one] if one is not None else []
                 if req.source_volume_id:
                     snaps = [s for s in snaps if s.source_volume_id == req.source_volume_id]
+            elif req.source_volume_id and not is_volume_id(req.source_volume_id):
+                snaps = []  # a volume this driver never issued has no snapshots
             else:
                 snaps = await self.store.list_snapshots(req.source_volume_id or None)
         except RDSError as exc:

@@ -1,19 +1,27 @@
 """The CSI Node service: every node RPC, and only RPCs, live here.
 
-Each call observes the node first (the transport's device, mountinfo), restores the volume's
-node-side machine to what it sees, and lets the machine pick the transition; then it carries
-the transition out and observes again. A step that fails half-way sends `interrupted`
-(the volume becomes `uncertain`) and the next call repairs from what it finds. Kubelet's
-out-of-order calls (publish before stage, stage twice, unstage while published, repeats)
-are answered from the real state, never from memory.
+Each call is validated at the boundary first (:mod:`rdscsi.csi.confine`): the volume id must
+be one the driver issues, every path absolute, resolved once and inside the kubelet
+directory; capabilities, mount flags, mkfs options and the volume context pass the same
+allowlists the controller uses, and the capability must be one the volume was created for
+(:mod:`rdscsi.csi.kind`). Then it observes the node (the transport's device, mountinfo),
+restores the volume's node-side machine to what it sees, and lets the machine pick the
+transition; then it carries the transition out and observes again. A step that fails
+half-way sends `interrupted` (the volume becomes `uncertain`) and the next call repairs
+from what it finds. Kubelet's out-of-order calls (publish before stage, stage twice,
+unstage while published, repeats) are answered from the real state, never from memory.
+
+Nothing outside a volume's own paths and device is ever created, removed or unmounted: the
+volume's record (:mod:`rdscsi.csi.records`) names its staging path, its publish targets and
+its device number, and a mount counts as the volume's only when it is of that device.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,21 +29,39 @@ from typing import Any
 
 import grpc
 
+from ..hooks.events import WARNING, ClusterEvent, EventSink, ObjectRef
 from ..io.host import fs, mounts
 from ..io.host.proc import CommandTimeout, ProcError
-from ..io.host.transport import Target, Transport, TransportError, target_from_context
+from ..io.host.transport import InvalidTarget, Target, Transport, TransportError
+from ..io.host.transport import target_from_context as _target_from_context
 from ..machines import Engine, NodeVolumeInput, NodeVolumeModel, Step, TransitionNotAllowed
 from . import csi_pb2 as pb
 from . import csi_pb2_grpc
+from .confine import Confinement, volume_id
+from .kind import COPY_OF, VolumeKind, from_context
 from .locks import OperationLocks
-from .params import check_capability, validate_fs_type
+from .naming import is_volume_id
+from .params import (
+    DEFAULT_FS,
+    READ_ONLY_MODES,
+    AccessMode,
+    CapabilityCheck,
+    check_capability,
+    check_mkfs_options,
+    mode_name,
+    out_of_range,
+)
+from .records import Published, Record, RecordStore
 from .rpc import rpc
-from .status import RPCError, invalid, not_found, precondition, required
+from .status import RPCError, invalid, not_found, precondition, required, shown
 
 log = logging.getLogger("rdscsi.node")
 
 # What a node step can fail with; any of them half-way leaves the volume `uncertain`.
 IO_ERRORS = (ProcError, TransportError, OSError, RPCError, mounts.MountError, fs.FsError)
+# A filesystem this much smaller than its device (a copy into a larger volume, a volume
+# grown while unstaged) is grown when it is staged.
+GROW_SLACK = 1 << 20
 
 Cap = pb.NodeServiceCapability.RPC.Type
 CAPABILITIES = (
@@ -45,10 +71,7 @@ CAPABILITIES = (
     Cap.VOLUME_CONDITION,
     Cap.SINGLE_NODE_MULTI_WRITER,
 )
-READ_ONLY_MODES = {
-    pb.VolumeCapability.AccessMode.SINGLE_NODE_READER_ONLY,
-    pb.VolumeCapability.AccessMode.MULTI_NODE_READER_ONLY,
-}
+SINGLE_WRITER = AccessMode.SINGLE_NODE_SINGLE_WRITER
 
 
 @dataclass(frozen=True)
@@ -59,25 +82,11 @@ class NodeSettings:
     transport: str  # which of the transports new volumes use when the context does not say
     state_dir: Path  # per-volume records: how to reach each staged volume's device
     max_volumes: int = 0  # 0: no limit reported
+    kubelet_dir: Path = Path("/var/lib/kubelet")  # every request path must lie inside
 
     @property
     def topology_key(self) -> str:
         return f"{self.plugin_name}/appliance"
-
-
-@dataclass
-class Record:
-    """What NodeStage learnt from the volume context; later calls (which get no context)
-    use it to find the device. A hint for reaching the device, never the state itself."""
-
-    volume_id: str
-    transport: str
-    staging_path: str
-    block: bool
-    target: dict[str, Any]
-
-    def as_target(self) -> Target:
-        return Target(**self.target)
 
 
 @dataclass
@@ -94,6 +103,11 @@ def _mm(device: Path) -> str:
     return f"{os.major(rdev)}:{os.minor(rdev)}"
 
 
+def _rdev(mm: str) -> int:
+    major, _, minor = mm.partition(":")
+    return os.makedev(int(major), int(minor))
+
+
 class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     def __init__(
         self,
@@ -101,41 +115,73 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         transports: Mapping[str, Transport],
         engine: Engine,
         locks: OperationLocks | None = None,
+        events: EventSink | None = None,
     ) -> None:
         self.settings = settings
         self.transports = dict(transports)
         self.engine = engine
         self.locks = locks or OperationLocks()
         self.models: dict[str, NodeVolumeModel] = {}
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.events = events
+        self.paths = Confinement(settings.kubelet_dir)
+        self.records = RecordStore(settings.state_dir, self._unreadable)
 
-    # --- records ---------------------------------------------------------------------------
+    # --- boundary --------------------------------------------------------------------------
 
-    def _record_path(self, volume_id: str) -> Path:
-        return self.settings.state_dir / f"{volume_id}.json"
-
-    def _load(self, volume_id: str) -> Record | None:
-        path = self._record_path(volume_id)
-        try:
-            return Record(**json.loads(path.read_text()))
-        except FileNotFoundError:
-            return None
-        except (ValueError, TypeError) as exc:
-            raise RPCError(
-                grpc.StatusCode.INTERNAL, f"volume {volume_id}: unreadable record {path}: {exc}"
-            ) from exc
-
-    def _save(self, record: Record) -> None:
-        path = self._record_path(record.volume_id)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(record), sort_keys=True))
-        os.replace(tmp, path)
+    def _unreadable(self, vid: str, path: Path, moved: Path, why: str) -> None:
+        if self.events is None:
+            return
+        node = ObjectRef("Node", self.settings.node_id)
+        regarding = ObjectRef("PersistentVolume", vid) if is_volume_id(vid) else node
+        self.events.emit(
+            ClusterEvent(
+                "NodeRecordUnreadable",
+                WARNING,
+                regarding,
+                f"node {self.settings.node_id}: the record of volume {shown(vid)} was unreadable "
+                f"({why}) and was moved to {moved}; unstage the volume by hand if it is "
+                "still staged there",
+                "Quarantine",
+                node,
+            )
+        )
 
     def _transport(self, name: str) -> Transport:
         transport = self.transports.get(name)
         if transport is None:
-            raise invalid(f"volume_context transport {name!r} is not served by this node")
+            raise invalid(f"volume_context transport {shown(name)} is not served by this node")
         return transport
+
+    def _target(self, vid: str, ctx: Mapping[str, str], transport: Transport) -> Target:
+        try:
+            target = _target_from_context(vid, ctx)
+            transport.check(target)
+        except InvalidTarget as exc:
+            raise invalid(f"volume_context: {exc}") from None
+        return target
+
+    @staticmethod
+    def _kind(
+        vid: str, ctx: Mapping[str, str], cap: CapabilityCheck, what: str
+    ) -> VolumeKind | None:
+        kind = from_context(ctx)
+        why = kind.refusal(cap) if kind is not None else None
+        if why is not None:
+            raise precondition(f"volume {vid} cannot be {what} as asked: {why}")
+        return kind
+
+    @staticmethod
+    def _capability(req: Any) -> CapabilityCheck:
+        if not req.HasField("volume_capability"):
+            raise invalid("volume_capability: required")
+        return check_capability(req.volume_capability)
+
+    @staticmethod
+    def _mount_flags(cap: pb.VolumeCapability) -> list[str]:
+        try:
+            return mounts.validate_mount_options(list(cap.mount.mount_flags))
+        except ValueError as exc:
+            raise invalid(f"volume_capability.mount.mount_flags: {exc}") from None
 
     # --- observing and driving the machine -----------------------------------------------
 
@@ -182,6 +228,35 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         elif device is not None:
             obs.state = "connected"
         return obs
+
+    def _ours(self, mount: mounts.Mount | None, record: Record, device: Path | None) -> bool:
+        """Whether ``mount`` is of this volume's device (a filesystem mount or bind of it, or
+        a bind of its device node), judged by device number, never by path or source text."""
+        if mount is None:
+            return False
+        mm = _mm(device) if device is not None else record.device
+        if not mm:
+            return False
+        if not record.block:
+            return mount.major_minor == mm
+        if device is not None and mount in mounts.mounts_of_device(device, [mount]):
+            return True
+        if mount.root == "/" or mount.fs_type not in mounts.DEVICE_NODE_FS:
+            return False  # stat only in-memory device-node filesystems: nothing can hang
+        try:
+            st = os.stat(mount.mount_point)
+        except OSError:
+            return False
+        return stat.S_ISBLK(st.st_mode) and st.st_rdev == _rdev(mm)
+
+    def _published(self, record: Record, device: Path | None) -> list[Path]:
+        """The recorded targets still mounted from this volume (a vanished device too)."""
+        table = mounts.read_mounts()
+        return [
+            Path(path)
+            for path in record.targets
+            if self._ours(mounts.top_mount(path, table), record, device)
+        ]
 
     def _restore(self, volume_id: str, state: str) -> NodeVolumeModel:
         model = self.models.get(volume_id)
@@ -238,30 +313,35 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     async def NodeStageVolume(
         self, req: pb.NodeStageVolumeRequest, ctx: Any
     ) -> pb.NodeStageVolumeResponse:
-        vid = required(req.volume_id, "volume_id")
         required(req.staging_target_path, "staging_target_path")
-        if not req.HasField("volume_capability"):
-            raise invalid("volume_capability: required")
-        cap = check_capability(req.volume_capability)
-        staging = Path(req.staging_target_path)
-        name = req.volume_context.get("transport", self.settings.transport)
+        cap = self._capability(req)
+        vid = volume_id(req.volume_id)
+        staging = self.paths.path(req.staging_target_path, "staging_target_path")
+        ctx_map = dict(req.volume_context)
+        kind = self._kind(vid, ctx_map, cap, "staged")
+        name = ctx_map.get("transport", self.settings.transport)
         transport = self._transport(name)
-        try:
-            target = target_from_context(vid, req.volume_context)
-        except ValueError as exc:
-            raise invalid(f"volume_context: {exc}") from None
-        fs_type = validate_fs_type(req.volume_capability.mount.fs_type) if not cap.block else ""
+        target = self._target(vid, ctx_map, transport)
         options: list[str] = []
+        mkfs_options = ""
         if not cap.block:
-            try:
-                options = mounts.validate_mount_options(
-                    list(req.volume_capability.mount.mount_flags)
-                )
-            except ValueError as exc:
-                raise invalid(f"volume_capability.mount.mount_flags: {exc}") from None
+            options = self._mount_flags(req.volume_capability)
+            mkfs_options = ctx_map.get("mkfsOptions", "")
+            fs_for_mkfs = cap.fs_type or (kind.fs if kind else DEFAULT_FS)
+            check_mkfs_options(fs_for_mkfs, mkfs_options, "volume_context mkfsOptions")
+        read_only = req.publish_context.get("readonly") == "true" or cap.mode in READ_ONLY_MODES
         with self.locks.hold(vid):
-            record = Record(vid, name, str(staging), cap.block, asdict(target))
+            record = self.records.load(vid)
+            if record is not None and Path(record.staging_path) != staging:
+                if await self._still_staged(record):
+                    raise precondition(
+                        f"volume {vid} is staged at {record.staging_path}, not at {staging}; "
+                        "unstage it there first"
+                    )
+                record = None  # a finished or abandoned stage elsewhere: start afresh
             obs = await self._observe(transport, target, staging, cap.block)
+            if record is not None and obs.state in ("connected", "staged", "published"):
+                self._same_stage(vid, record, cap, read_only, staging)
             model, step = self._drive(
                 vid,
                 obs,
@@ -269,29 +349,111 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
                 NodeVolumeInput(block=cap.block, repairable=not obs.targets),
                 "cannot be staged",
             )
+            new = Record(
+                vid,
+                name,
+                str(staging),
+                cap.block,
+                asdict(target),
+                fs_type=record.fs_type if record else "",
+                read_only=read_only,
+                device_ro=record.device_ro if record else False,
+                mode=cap.mode,
+                device=record.device if record else "",
+                kind=kind.context() if kind else None,
+                targets=record.targets if record else {},
+            )
             if step.source == step.target:
-                self._save(record)
+                self.records.save(new)
                 return pb.NodeStageVolumeResponse()
-            self._save(record)  # before any change: later calls must find the device
+            self.records.save(new)  # before any change: later calls must find the device
             try:
                 if obs.staging_mounted and not cap.block:
                     await mounts.unmount(staging)  # stale: its device is gone or replaced
                 device = await transport.connect(target)
+                new.device = _mm(device)
+                self.records.save(new)
+                # Per attachment, and every time: the flag outlives a loop device's detach, so
+                # a reused device may carry another volume's. A filesystem's read-only is
+                # its mount's (a read-only device would stop mount from replaying a journal).
+                fs.set_read_only(device, cap.block and read_only)
+                new.device_ro = cap.block and read_only
                 if not cap.block:
-                    await self._format_and_mount(
+                    new.fs_type = await self._format_and_mount(
                         vid,
                         device,
                         staging,
-                        fs_type,
+                        cap.fs_type or (kind.fs if kind else ""),
                         options,
-                        req.volume_context.get("mkfsOptions", ""),
+                        mkfs_options,
+                        kind,
+                        read_only,
+                        copy=COPY_OF in ctx_map,
                     )
+                self.records.save(new)
             except IO_ERRORS as exc:
-                raise self._interrupted(model, "NodeStageVolume", exc) from exc
+                error = self._interrupted(model, "NodeStageVolume", exc)
+                if record is None:
+                    await self._undo_stage(new, transport, target, staging)
+                raise error from exc
             after = await self._observe(transport, target, staging, cap.block)
             await self._settle(model, step, after, "NodeStageVolume")
-        log.info("staged %s at %s (%s)", vid, staging, "block" if cap.block else fs_type)
+        how = "block" if cap.block else new.fs_type
+        log.info("staged %s at %s (%s%s)", vid, staging, how, ", read-only" if read_only else "")
         return pb.NodeStageVolumeResponse()
+
+    @staticmethod
+    def _same_stage(
+        vid: str, record: Record, cap: CapabilityCheck, read_only: bool, staging: Path
+    ) -> None:
+        """A stage repeated with other arguments: ALREADY_EXISTS (the spec's "published
+        but incompatible"), never a silent OK over a volume staged differently."""
+        was = "raw block" if record.block else (record.fs_type or "a filesystem")
+        if record.block != cap.block:
+            now = "raw block" if cap.block else "a filesystem"
+            differs = f"as {now}"
+        elif not cap.block and cap.fs_type and record.fs_type and cap.fs_type != record.fs_type:
+            differs = f"as {cap.fs_type}"
+        elif record.read_only != read_only:
+            differs = "read-only" if read_only else "writable"
+        else:
+            return
+        raise RPCError(
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"volume {vid} is staged at {staging} as {was}"
+            f"{' read-only' if record.read_only else ''}; it cannot be staged again {differs}",
+        )
+
+    async def _still_staged(self, record: Record) -> bool:
+        transport = self.transports.get(record.transport)
+        device = await transport.find(record.as_target()) if transport else None
+        top = mounts.top_mount(record.staging_path)
+        return device is not None or self._ours(top, record, device)
+
+    async def _undo_stage(
+        self, record: Record, transport: Transport, target: Target, staging: Path
+    ) -> None:
+        """A first stage failed: take back what it did, and its record if nothing is left
+        (a failed NodeStage leaves nothing behind; if the undo fails too, the record stays
+        so that NodeUnstage or the next NodeStage can find the device)."""
+        try:
+            device = await transport.find(target)
+            if (
+                device is not None
+                and not record.block
+                and self._ours(mounts.top_mount(staging), record, device)
+            ):
+                await mounts.unmount(staging)
+            if (
+                device is not None
+                and not mounts.mounts_of_device(device)
+                and not fs.open_by(device)
+            ):
+                await transport.disconnect(target)
+            if await transport.find(target) is None and not mounts.is_mount_point(staging):
+                self.records.delete(record.volume_id)
+        except IO_ERRORS as exc:
+            log.warning("volume %s: undoing a failed stage failed too: %s", record.volume_id, exc)
 
     async def _format_and_mount(
         self,
@@ -301,41 +463,85 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         fs_type: str,
         options: list[str],
         mkfs_options: str,
-    ) -> None:
+        kind: VolumeKind | None,
+        read_only: bool,
+        copy: bool,
+    ) -> str:
         found = await fs.detect(device)
-        wanted = fs_type or "ext4"
+        fresh = False
         if found is None:
-            await fs.make_fs(device, wanted, mkfs_options)
-            found = wanted
+            if read_only:
+                raise precondition(
+                    f"volume {vid} is blank and attached read-only: it cannot be formatted"
+                )
+            if kind is None:
+                log.warning(
+                    "volume %s has no recorded kind (made by an older driver): formatting it "
+                    "because it is blank at both ends and blkid knows no signature on it",
+                    vid,
+                )
+            await fs.make_fs(device, fs_type or DEFAULT_FS, mkfs_options)
+            found, fresh = fs_type or DEFAULT_FS, True
+        elif found not in ("ext4", "xfs"):
+            raise precondition(f"volume {vid}: device {device} holds {found}; refusing to mount")
         elif fs_type and found != fs_type:
             raise precondition(
                 f"volume {vid}: device {device} holds {found}, not {fs_type}; "
                 "it is never reformatted"
             )
-        elif found not in ("ext4", "xfs"):
-            raise precondition(f"volume {vid}: device {device} holds {found}; refusing to mount")
+        flags = [o for o in options if not (read_only and o == "rw")]
+        flags += [*mounts.CONFINED, *(["ro"] if read_only else [])]
+        if found == "xfs" and (copy or kind is None):
+            flags.append("nouuid")  # a copy carries its source's UUID: xfs refuses a twin
+        grow = not fresh and not read_only and self._needs_growth(device, found)
+        if grow and found == "ext4":
+            await fs.grow_offline(device, found)  # online growth needs CAP_SYS_RESOURCE
         mounts.make_dir_target(staging)
-        await mounts.mount(device, staging, found, options)
+        await mounts.mount(device, staging, found, list(dict.fromkeys(flags)))
+        if grow and found == "xfs":
+            await fs.grow_fs(device, staging, found)
+        if grow:
+            log.info(
+                "volume %s: grew its %s to the device's %s bytes",
+                vid,
+                found,
+                fs.block_size_bytes(device),
+            )
+        return found
+
+    @staticmethod
+    def _needs_growth(device: Path, fs_type: str) -> bool:
+        return fs.block_size_bytes(device) - fs.filesystem_bytes(device, fs_type) > GROW_SLACK
 
     @rpc
     async def NodeUnstageVolume(
         self, req: pb.NodeUnstageVolumeRequest, ctx: Any
     ) -> pb.NodeUnstageVolumeResponse:
-        vid = required(req.volume_id, "volume_id")
         required(req.staging_target_path, "staging_target_path")
-        staging = Path(req.staging_target_path)
+        vid = volume_id(req.volume_id)
+        staging = self.paths.path(req.staging_target_path, "staging_target_path")
         with self.locks.hold(vid):
-            record = self._load(vid)
-            transport = self._transport(record.transport) if record else None
-            target = record.as_target() if record else None
-            block = record.block if record else False
-            obs = await self._observe(transport, target, staging, block)
-            if obs.targets:
+            record = self.records.load(vid)
+            if record is None:
+                if mounts.is_mount_point(staging):
+                    raise not_found(
+                        f"volume {vid} is not staged on this node (no record of it); "
+                        f"{staging} holds a mount that is not provably its own: left alone"
+                    )
+                return pb.NodeUnstageVolumeResponse()  # nothing of it here: a repeat
+            if Path(record.staging_path) != staging:
                 raise precondition(
-                    f"volume {vid} is still published at {', '.join(map(str, obs.targets))}"
+                    f"volume {vid} is staged at {record.staging_path}, not {staging}"
+                )
+            transport, target = self._transport(record.transport), record.as_target()
+            obs = await self._observe(transport, target, staging, record.block)
+            busy = list(dict.fromkeys([*obs.targets, *self._published(record, obs.device)]))
+            if busy:
+                raise precondition(
+                    f"volume {vid} is still published at {', '.join(map(str, busy))}"
                 )
             model, step = self._drive(
-                vid, obs, "unstage", NodeVolumeInput(block=block), "cannot be unstaged"
+                vid, obs, "unstage", NodeVolumeInput(block=record.block), "cannot be unstaged"
             )
             try:
                 device = obs.device
@@ -351,13 +557,14 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
                             f"{', '.join(str(m.mount_point) for m in elsewhere)}"
                         )
                     self._refuse_if_open(vid, device)
-                if transport is not None and target is not None:
-                    await transport.disconnect(target)  # returns only once verifiably gone
+                    if record.device_ro or record.read_only:
+                        fs.set_read_only(device, False)  # leave no flag to the next user
+                await transport.disconnect(target)  # returns only once verifiably gone
             except IO_ERRORS as exc:
                 raise self._interrupted(model, "NodeUnstageVolume", exc) from exc
-            after = await self._observe(transport, target, staging, block)
+            after = await self._observe(transport, target, staging, record.block)
             await self._settle(model, step, after, "NodeUnstageVolume")
-            self._record_path(vid).unlink(missing_ok=True)
+            self.records.delete(vid)
             self.engine.forget(model)
             self.models.pop(vid, None)
         log.info("unstaged %s from %s", vid, staging)
@@ -380,29 +587,52 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     async def NodePublishVolume(
         self, req: pb.NodePublishVolumeRequest, ctx: Any
     ) -> pb.NodePublishVolumeResponse:
-        vid = required(req.volume_id, "volume_id")
         required(req.target_path, "target_path")
+        cap = self._capability(req)
+        vid = volume_id(req.volume_id)
+        dest = self.paths.path(req.target_path, "target_path")
         if not req.staging_target_path:
-            raise invalid("staging_target_path: required (STAGE_UNSTAGE_VOLUME)")
-        if not req.HasField("volume_capability"):
-            raise invalid("volume_capability: required")
-        cap = check_capability(req.volume_capability)
-        staging, dest = Path(req.staging_target_path), Path(req.target_path)
-        read_only = req.readonly or req.volume_capability.access_mode.mode in READ_ONLY_MODES
-        if read_only and cap.block:
-            raise invalid(
-                "readonly: a raw block volume cannot be published read-only (a "
-                "read-only bind of a device node does not stop writes)"
-            )
+            raise precondition("staging_target_path: not set; this plugin stages volumes first")
+        staging = self.paths.path(req.staging_target_path, "staging_target_path")
+        if dest == staging or dest.is_relative_to(staging) or staging.is_relative_to(dest):
+            raise invalid(f"target_path {dest} and staging_target_path {staging} overlap")
+        self._kind(vid, dict(req.volume_context), cap, "published")
+        flags = [] if cap.block else self._mount_flags(req.volume_capability)
+        asked_ro = req.readonly or cap.mode in READ_ONLY_MODES
         with self.locks.hold(vid):
-            record = self._load(vid)
-            if record is None:
+            record = self.records.load(vid)
+            if record is None or Path(record.staging_path) != staging:
                 raise precondition(
-                    f"volume {vid} is not staged on this node (no NodeStageVolume "
-                    f"at {staging}); stage it first"
+                    f"volume {vid} is not staged on this node at {staging}; stage it first"
                 )
+            if record.block != cap.block:
+                was = "raw block" if record.block else "a filesystem"
+                raise precondition(
+                    f"volume {vid} is staged as {was}; it cannot be published "
+                    f"{'as raw block' if cap.block else 'as a filesystem'}"
+                )
+            if cap.fs_type and record.fs_type and cap.fs_type != record.fs_type:
+                raise precondition(f"volume {vid} is staged as {record.fs_type}, not {cap.fs_type}")
             transport, target = self._transport(record.transport), record.as_target()
             obs = await self._observe(transport, target, staging, cap.block)
+            read_only = asked_ro or record.read_only
+            want = Published(cap.block, cap.mode, read_only, flags)
+            published = self._published(record, obs.device)
+            if dest in published:
+                if record.targets[str(dest)] == want:
+                    return pb.NodePublishVolumeResponse()  # a repeat
+                raise RPCError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"volume {vid} is published at {dest} with other arguments "
+                    f"({self._describe(record.targets[str(dest)])}, not {self._describe(want)})",
+                )
+            others = [p for p in published if p != dest]
+            single = [p for p in others if record.targets[str(p)].mode == SINGLE_WRITER]
+            if others and (cap.mode == SINGLE_WRITER or single):
+                raise precondition(
+                    f"volume {vid} is {mode_name(SINGLE_WRITER)} and already published at "
+                    f"{', '.join(map(str, single or others))}; one target at a time"
+                )
             model, step = self._drive(
                 vid,
                 obs,
@@ -410,18 +640,33 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
                 NodeVolumeInput(target_path=str(dest), block=cap.block),
                 f"cannot be published at {dest} before it is staged",
             )
-            if dest in obs.targets:
-                return pb.NodePublishVolumeResponse()  # a repeat
+            top = mounts.top_mount(dest)
+            if top is not None:
+                raise precondition(
+                    f"target_path {dest} is already a mount point ({top.fs_type} from "
+                    f"{top.source}), not of volume {vid}: left alone"
+                )
+            if cap.block:
+                self._block_read_only(vid, record, obs.device, read_only, others)
+            record.targets[str(dest)] = want
+            self.records.save(record)  # first: an unpublish after a crash may clean it
+            created = not (dest.exists() or dest.is_symlink())
             try:
                 if cap.block:
                     assert obs.device is not None
                     mounts.make_file_target(dest)
-                    await mounts.bind(obs.device, dest, read_only=read_only)
+                    await mounts.bind(obs.device, dest)
                 else:
                     mounts.make_dir_target(dest)
-                    await mounts.bind(staging, dest, read_only=read_only)
+                    await mounts.bind(staging, dest, read_only, mounts.bind_flags(flags))
             except IO_ERRORS as exc:
-                raise self._interrupted(model, "NodePublishVolume", exc) from exc
+                error = self._interrupted(model, "NodePublishVolume", exc)
+                if created and not mounts.is_mount_point(dest):
+                    with contextlib.suppress(mounts.MountError, OSError):
+                        mounts.safe_remove_target(dest)
+                    record.targets.pop(str(dest), None)
+                    self.records.save(record)
+                raise error from exc
             after = await self._observe(transport, target, staging, cap.block)
             if dest not in after.targets:
                 await self._settle(
@@ -432,58 +677,111 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
                 )
         return pb.NodePublishVolumeResponse()
 
+    @staticmethod
+    def _describe(p: Published) -> str:
+        kind = "block" if p.block else "mount"
+        flags = f" {','.join(p.flags)}" if p.flags else ""
+        return f"{kind} {mode_name(p.mode)}{' read-only' if p.read_only else ''}{flags}"
+
+    def _block_read_only(
+        self, vid: str, record: Record, device: Path | None, read_only: bool, others: list[Path]
+    ) -> None:
+        """A raw block volume is read-only through its device's flag, which every user on
+        this node shares: set for the first read-only publish, cleared when it goes."""
+        if device is None or read_only == record.device_ro:
+            return
+        if record.read_only:
+            return  # attached read-only: every publish is, whatever it asks
+        if others:
+            raise precondition(
+                f"volume {vid} is published {'writable' if read_only else 'read-only'} at "
+                f"{', '.join(map(str, others))}; a raw block volume is read-only for all its "
+                "users on a node or for none"
+            )
+        fs.set_read_only(device, read_only)
+        record.device_ro = read_only
+
     @rpc
     async def NodeUnpublishVolume(
         self, req: pb.NodeUnpublishVolumeRequest, ctx: Any
     ) -> pb.NodeUnpublishVolumeResponse:
-        vid = required(req.volume_id, "volume_id")
         required(req.target_path, "target_path")
-        dest = Path(req.target_path)
+        vid = volume_id(req.volume_id)
+        dest = self.paths.path(req.target_path, "target_path")
         with self.locks.hold(vid):
-            record = self._load(vid)
-            if record is not None:
-                transport, target = self._transport(record.transport), record.as_target()
-                obs = await self._observe(
-                    transport, target, Path(record.staging_path), record.block
+            record = self.records.load(vid)
+            top = mounts.top_mount(dest)
+            if record is None:
+                if top is not None:
+                    raise not_found(
+                        f"volume {vid} is not staged on this node (no record of it); "
+                        f"{dest} holds a mount that is not provably its own: left alone"
+                    )
+                return pb.NodeUnpublishVolumeResponse()  # nothing of it here
+            transport, target = self._transport(record.transport), record.as_target()
+            obs = await self._observe(transport, target, Path(record.staging_path), record.block)
+            if top is not None and not self._ours(top, record, obs.device):
+                raise precondition(
+                    f"target_path {dest} is a mount of {top.source} ({top.major_minor}), not "
+                    f"of volume {vid}: left alone"
                 )
-                others = len([t for t in obs.targets if t != dest])
-                self._drive(
-                    vid,
-                    obs,
-                    "unpublish",
-                    NodeVolumeInput(
-                        target_path=str(dest), block=record.block, other_targets=others
-                    ),
-                    "cannot be unpublished",
-                )
-            # Stacked binds (a repeated publish by hand) all go; never a lazy unmount.
+            others = len([t for t in obs.targets if t != dest])
+            self._drive(
+                vid,
+                obs,
+                "unpublish",
+                NodeVolumeInput(target_path=str(dest), block=record.block, other_targets=others),
+                "cannot be unpublished",
+            )
+            # Stacked binds of this volume (a repeated publish by hand) all go; never lazily.
             for _ in range(8):
-                if not mounts.is_mount_point(dest):
+                if not self._ours(mounts.top_mount(dest), record, obs.device):
                     break
                 await mounts.unmount(dest)
-            if dest.exists() or dest.is_symlink():
+            if str(dest) in record.targets or top is not None:
                 try:
-                    mounts.safe_remove_target(dest)
+                    mounts.safe_remove_target(dest)  # only what it made: never recursive
                 except mounts.MountError as exc:
                     raise precondition(f"volume {vid}: {exc}") from None
+            record.targets.pop(str(dest), None)
+            if record.block and record.device_ro and not record.read_only and not record.targets:
+                if obs.device is not None:
+                    fs.set_read_only(obs.device, False)
+                record.device_ro = False
+            self.records.save(record)
         return pb.NodeUnpublishVolumeResponse()
 
     # --- stats and expansion ------------------------------------------------------------------
+
+    def _own_path(self, vid: str, record: Record | None, path: Path) -> Record:
+        if record is None:
+            raise not_found(f"volume {vid} is not staged on this node")
+        if path != Path(record.staging_path) and str(path) not in record.targets:
+            raise not_found(f"volume {vid} is not staged or published at {path}")
+        return record
 
     @rpc
     async def NodeGetVolumeStats(
         self, req: pb.NodeGetVolumeStatsRequest, ctx: Any
     ) -> pb.NodeGetVolumeStatsResponse:
-        vid = required(req.volume_id, "volume_id")
-        path = Path(required(req.volume_path, "volume_path"))
-        if not path.exists():
-            raise not_found(f"volume {vid}: volume_path {path} does not exist")
-        condition = await self._condition(vid, path)
-        if path.is_file() or path.is_block_device():
-            record = self._load(vid)
-            device = None
-            if record is not None:
-                device = await self._transport(record.transport).find(record.as_target())
+        required(req.volume_path, "volume_path")
+        vid = volume_id(req.volume_id)
+        path = self.paths.lookup(req.volume_path, "volume_path", vid)
+        record = self._own_path(vid, self.records.load(vid), path)
+        top = mounts.top_mount(path)
+        if top is None:
+            raise not_found(f"volume {vid}: nothing is mounted at {path}")
+        device = await self._transport(record.transport).find(record.as_target())
+        if not self._ours(top, record, device):
+            return pb.NodeGetVolumeStatsResponse(
+                volume_condition=pb.VolumeCondition(
+                    abnormal=True,
+                    message=f"volume {vid}: {path} is mounted from {top.major_minor}, not from "
+                    f"the volume's device {record.device} (stale mount)",
+                )
+            )
+        condition = self._condition(vid, device)
+        if record.block:
             total = fs.block_size_bytes(device) if device is not None else 0
             return pb.NodeGetVolumeStatsResponse(
                 usage=[pb.VolumeUsage(total=total, unit=pb.VolumeUsage.Unit.BYTES)],
@@ -508,21 +806,11 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
             volume_condition=condition,
         )
 
-    async def _condition(self, vid: str, path: Path) -> pb.VolumeCondition:
-        record = self._load(vid)
-        if record is None:
-            return pb.VolumeCondition(abnormal=True, message=f"volume {vid} is not staged here")
-        device = await self._transport(record.transport).find(record.as_target())
+    @staticmethod
+    def _condition(vid: str, device: Path | None) -> pb.VolumeCondition:
         if device is None:
             return pb.VolumeCondition(
                 abnormal=True, message=f"volume {vid}: its device is gone from the node"
-            )
-        here = [m for m in mounts.read_mounts() if m.mount_point == path]
-        if here and not record.block and here[-1].major_minor != _mm(device):
-            return pb.VolumeCondition(
-                abnormal=True,
-                message=f"volume {vid}: {path} is mounted from {here[-1].major_minor} but the "
-                f"volume's device {device} is {_mm(device)} (stale mount)",
             )
         return pb.VolumeCondition(abnormal=False, message=f"volume {vid} is healthy on {device}")
 
@@ -530,35 +818,46 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     async def NodeExpandVolume(
         self, req: pb.NodeExpandVolumeRequest, ctx: Any
     ) -> pb.NodeExpandVolumeResponse:
-        vid = required(req.volume_id, "volume_id")
         required(req.volume_path, "volume_path")
+        vid = volume_id(req.volume_id)
+        path = self.paths.path(req.volume_path, "volume_path")
+        if req.staging_target_path:
+            self.paths.path(req.staging_target_path, "staging_target_path")
+        wanted = req.capacity_range.required_bytes if req.HasField("capacity_range") else 0
+        limit = req.capacity_range.limit_bytes if req.HasField("capacity_range") else 0
+        if wanted < 0 or limit < 0 or (limit and wanted > limit):
+            raise out_of_range(f"volume {vid}: capacity_range {wanted}..{limit} is not a range")
         with self.locks.hold(vid):
-            record = self._load(vid)
-            if record is None:
-                raise not_found(f"volume {vid} is not staged on this node")
+            record = self._own_path(vid, self.records.load(vid), path)
+            if req.HasField("volume_capability"):
+                cap = check_capability(req.volume_capability)
+                if cap.block != record.block:
+                    raise invalid(
+                        f"volume_capability: volume {vid} is staged as "
+                        f"{'raw block' if record.block else 'a filesystem'}"
+                    )
             transport, target = self._transport(record.transport), record.as_target()
             device = await transport.find(target)
             if device is None:
                 raise precondition(f"volume {vid}: its device is not connected")
+            staging = Path(record.staging_path)
             try:
                 await transport.refresh(target)
-                if not record.block:
-                    mount_point = Path(req.staging_target_path or req.volume_path)
-                    here = [m for m in mounts.read_mounts() if m.mount_point == mount_point]
-                    if not here:
-                        raise precondition(f"volume {vid}: {mount_point} is not mounted")
-                    await fs.grow_fs(device, mount_point, here[-1].fs_type)
+                if not record.block and not record.read_only:
+                    if not self._ours(mounts.top_mount(staging), record, device):
+                        raise precondition(f"volume {vid}: {staging} is not its staging mount")
+                    await fs.grow_fs(device, staging, record.fs_type or DEFAULT_FS)
             except IO_ERRORS as exc:
+                if isinstance(exc, RPCError):
+                    raise
                 raise RPCError(
                     grpc.StatusCode.INTERNAL, f"volume {vid}: expansion failed: {exc}"
                 ) from exc
             size = fs.block_size_bytes(device)
-        wanted = req.capacity_range.required_bytes if req.HasField("capacity_range") else 0
         if size < wanted:
-            raise RPCError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            raise precondition(
                 f"volume {vid}: device {device} is {size} bytes after a rescan, "
-                f"{wanted} asked (has ControllerExpandVolume finished?)",
+                f"{wanted} asked (has ControllerExpandVolume finished?)"
             )
         return pb.NodeExpandVolumeResponse(capacity_bytes=size)
 
@@ -590,14 +889,15 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     async def cleanup_orphans(self) -> list[str]:
         """Disconnect sessions of ours that no staged volume accounts for and that nothing
         mounts or opens; report every decision. Other sessions are never touched (each
-        transport lists only sessions under the driver's own NQN prefix or files)."""
+        transport lists only sessions under the driver's own NQN prefix or files). Records
+        that cannot be read are moved aside (with an event) and start-up goes on."""
         report: list[str] = []
         table = mounts.read_mounts()
+        records = [r for vid in self.records.volume_ids() if (r := self.records.load(vid))]
         for name, transport in self.transports.items():
             staged: set[Path] = set()
-            for path in sorted(self.settings.state_dir.glob("*.json")):
-                record = self._load(path.stem)
-                if record is not None and record.transport == name:
+            for record in records:
+                if record.transport == name:
                     device = await transport.find(record.as_target())
                     if device is not None:
                         staged.add(device)

@@ -22,9 +22,21 @@ import grpc
 from ..io.rds.errors import RDSError
 from .locks import Busy
 from .naming import is_snapshot_id, is_volume_id
-from .status import RPCError, from_rds
+from .status import SHOWN_CHARS, RPCError, from_rds, shown
 
 log = logging.getLogger("rdscsi.rpc")
+
+# A status message travels as a gRPC trailer (8 KiB for all metadata by default): a longer
+# one makes the client see RESOURCE_EXHAUSTED instead of the real error.
+MAX_MESSAGE = 2048
+
+
+def bounded(message: str) -> str:
+    """One line (control characters escaped, so a message cannot forge a log line) of at
+    most :data:`MAX_MESSAGE` characters."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
 
 R = TypeVar("R")
 Handler = Callable[[Any, Any, Any], Awaitable[R]]
@@ -94,8 +106,14 @@ def name_once(message: str, known: tuple[str, ...] = ()) -> str:
     return ": ".join(parts)
 
 
+def _plain(text: str) -> str:
+    """An id from the request as a log line may carry it: as it is when it is short and
+    printable, else quoted, escaped and cut (a newline in a name must not forge a line)."""
+    return text if text.isprintable() and len(text) <= SHOWN_CHARS else shown(text)
+
+
 def log_failure(method: str, request: Any, code: grpc.StatusCode, message: str) -> None:
-    about = subject(request)
+    about = _plain(subject(request))
     where = f"{method} {about}" if about and about not in message else method
     log.log(LEVELS.get(code, logging.WARNING), "%s: %s: %s", where, code.name, message)
 
@@ -125,7 +143,7 @@ def rpc(method: Handler[R]) -> Handler[R]:
         except Exception as exc:  # a bug: keep the process, report it, log the trace
             failure = (Code.INTERNAL, f"{type(exc).__name__}: {exc}")
             trace = True
-        code, message = failure[0], name_once(failure[1], ids(request))
+        code, message = failure[0], bounded(name_once(failure[1], ids(request)))
         if trace:
             log.exception("%s: %s: %s", name, code.name, message)
         else:

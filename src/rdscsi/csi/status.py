@@ -6,6 +6,18 @@ import grpc
 
 from ..io.rds.errors import RDSError, grpc_code_name
 
+SHOWN_CHARS = 128  # of a request-supplied value, in a message or a log line
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """A request-supplied value as it may appear in a message or a log line: quoted, control
+    and non-printable characters escaped (a newline cannot forge a log line), at most
+    ``limit`` characters of it (a 100 kB id must not be echoed back whole)."""
+    text = value if isinstance(value, str) else str(value)
+    cut = text[:limit]
+    quoted = repr(cut)
+    return quoted if len(cut) == len(text) else f"{quoted}...(+{len(text) - limit} chars)"
+
 
 class RPCError(Exception):
     """Raised inside a service; the server turns it into the status it carries."""

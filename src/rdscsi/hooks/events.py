@@ -218,5 +218,7 @@ REASONS = frozenset(
         "StaleAttachmentCleared",
         "RDSDisconnected",
         "RDSReconnected",
+        # Not a transition: the node service posts it when a volume's record is unreadable.
+        "NodeRecordUnreadable",
     }
 )

@@ -19,6 +19,14 @@ from pathlib import Path
 from typing import Final
 
 from rdscsi.io.host import proc
+from rdscsi.io.host.mkfs import InvalidFsOptionError as InvalidFsOptionError
+from rdscsi.io.host.mkfs import UnsupportedFsError as UnsupportedFsError
+from rdscsi.io.host.mkfs import (
+    XfsFeatures,
+    ext4_compat_argv,
+    validate_mkfs_options,
+    xfs_compat_argv,
+)
 from rdscsi.io.host.mounts import (
     DEVICE_NODE_FS,
     major_minor,
@@ -43,9 +51,12 @@ UNKNOWN_CONTENT: Final = "unknown-content"
 _SYSFS: Final = Path("/sys")
 _PROC: Final = Path("/proc")
 _BLKGETSIZE64: Final = 0x80081272
-# How much of the device detect() reads itself: to prove it is readable, and to see that
-# it holds nothing at all (a raw-block volume's data carries no signature blkid knows).
+# How much of each end of the device detect() reads itself: to prove it is readable, and to
+# see that it holds nothing at all (a raw-block volume's data carries no signature blkid
+# knows). A device is never read whole: a thin 1 TiB volume would take hours over NVMe/TCP.
 _HEAD_BYTES: Final = 1 << 20
+_BLKROGET: Final = 0x125E
+_BLKROSET: Final = 0x125D
 
 
 class FsError(Exception):
@@ -67,25 +78,6 @@ class DeviceInUseError(FormatRefusedError):
     Often transient (udev's own probe of a device that just appeared holds it open for a
     moment): worth a retry, unlike "already has ext4".
     """
-
-
-class UnsupportedFsError(ValueError):
-    """A filesystem type this driver does not create or grow."""
-
-    def __init__(self, fs_type: str) -> None:
-        self.fs_type = fs_type
-        super().__init__(
-            f"unsupported filesystem type {fs_type!r} (supported: {', '.join(SUPPORTED)})"
-        )
-
-
-class InvalidFsOptionError(ValueError):
-    """A mkfs option outside the allowlist; ``option`` is the rejected token."""
-
-    def __init__(self, option: str, reason: str) -> None:
-        self.option = option
-        self.reason = reason
-        super().__init__(f"mkfs option {option!r} rejected: {reason}")
 
 
 def _block_device(device: Path | str) -> os.stat_result:
@@ -110,13 +102,15 @@ def _parse_export(text: str) -> dict[str, str]:
     return values
 
 
-def _head_is_zero(device: Path) -> bool:
+def _ends_are_zero(device: Path) -> bool:
     fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        size = os.lseek(fd, 0, os.SEEK_END)
         head = os.pread(fd, _HEAD_BYTES, 0)
+        tail = os.pread(fd, _HEAD_BYTES, max(0, size - _HEAD_BYTES))
     finally:
         os.close(fd)
-    return head.count(0) == len(head)
+    return head.count(0) == len(head) and tail.count(0) == len(tail)
 
 
 async def detect(device: Path | str, *, timeout: float = PROBE_TIMEOUT) -> str | None:
@@ -128,11 +122,13 @@ async def detect(device: Path | str, *, timeout: float = PROBE_TIMEOUT) -> str |
     :data:`UNKNOWN_CONTENT`, and so does data without any known signature (see below).
     Callers must not format unless this is None.
 
-    Uses ``blkid -p`` (a low-level probe of the device itself, no cache). blkid exits 2 both
-    for "nothing found" and for "could not open", so None needs more: blkid printed no
-    error, and the first MiB of the device reads here as all zeros. A new volume is zeroed
-    (thin), so this costs nothing; it keeps a raw-block volume's data (a database writing
-    straight to the device has no signature) from ever looking blank. Unreadable: FsError.
+    Uses ``blkid -p`` (a low-level probe of the device itself, no cache: every signature
+    blkid knows, at the start and at the end of the device). blkid exits 2 both for
+    "nothing found" and for "could not open", so None needs more: blkid printed no error,
+    and the first and the last MiB of the device read here as all zeros. A new volume is
+    zeroed (thin), so this costs nothing. Data without any signature in between (a raw-block
+    volume's) can still look blank: callers must also know the volume was created for a
+    filesystem before they format it. Unreadable: FsError.
     """
     device = Path(device)
     _block_device(device)
@@ -149,7 +145,7 @@ async def detect(device: Path | str, *, timeout: float = PROBE_TIMEOUT) -> str |
         return AMBIVALENT
     if done.returncode == 2 and not done.stderr.strip():
         try:
-            blank = await asyncio.to_thread(_head_is_zero, device)
+            blank = await asyncio.to_thread(_ends_are_zero, device)
         except OSError as exc:
             raise FsError(
                 device, f"probe found nothing but the device is unreadable: {exc}"
@@ -160,82 +156,6 @@ async def detect(device: Path | str, *, timeout: float = PROBE_TIMEOUT) -> str |
 
 
 # --------------------------------------------------------------------------- formatting
-
-# A token never contains "/" (no paths: mkfs -d, -p, -r, journal devices...) nor anything
-# a shell would read; "^" is allowed because ext4 feature negation needs it (-O ^has_journal).
-_TOKEN: Final = re.compile(r"[A-Za-z0-9=,._:^-]+")
-# Flag -> does it take a value. Flags absent here are refused: dry runs (-n, -N for xfs)
-# that would "succeed" without formatting, -S (rewrites superblocks only), -d/-p
-# (populate from a path), -r (realtime device), -e/-U (errors=panic, duplicate UUIDs)...
-_MKFS_FLAGS: Final[dict[str, dict[str, bool]]] = {
-    "ext4": {
-        "-b": True,
-        "-C": True,
-        "-E": True,
-        "-G": True,
-        "-g": True,
-        "-i": True,
-        "-I": True,
-        "-J": True,
-        "-L": True,
-        "-m": True,
-        "-N": True,
-        "-O": True,
-        "-T": True,
-        "-j": False,
-    },
-    "xfs": {
-        "-b": True,
-        "-d": True,
-        "-i": True,
-        "-l": True,
-        "-L": True,
-        "-m": True,
-        "-n": True,
-        "-s": True,
-        "-K": False,
-    },
-}
-# Sub-options that would point mkfs.xfs at another file or device.
-_XFS_FORBIDDEN_SUBOPTS: Final = frozenset({"name", "file", "logdev", "rtdev"})
-
-
-def validate_mkfs_options(fs_type: str, options: str) -> list[str]:
-    """The whitespace-separated ``options`` as argv tokens, checked against the allowlist.
-
-    Each flag is a separate token and its value (if it takes one) the next token, e.g.
-    ``"-E lazy_itable_init=1,lazy_journal_init=1 -m 1 -L data"``. Raises
-    UnsupportedFsError for an unknown fs type, InvalidFsOptionError naming the token.
-    """
-    if fs_type not in _MKFS_FLAGS:
-        raise UnsupportedFsError(fs_type)
-    flags = _MKFS_FLAGS[fs_type]
-    tokens = options.split()
-    for token in tokens:
-        if not _TOKEN.fullmatch(token):
-            raise InvalidFsOptionError(token, "characters outside [A-Za-z0-9=,._:^-]")
-    result: list[str] = []
-    i = 0
-    while i < len(tokens):
-        flag = tokens[i]
-        if flag not in flags:
-            raise InvalidFsOptionError(flag, f"not an allowed mkfs.{fs_type} flag")
-        result.append(flag)
-        i += 1
-        if not flags[flag]:
-            continue
-        if i >= len(tokens):
-            raise InvalidFsOptionError(flag, "needs a value")
-        value = tokens[i]
-        if value.startswith("-"):
-            raise InvalidFsOptionError(value, f"value of {flag} starts with '-'")
-        if fs_type == "xfs":
-            for sub in value.split(","):
-                if sub.partition("=")[0] in _XFS_FORBIDDEN_SUBOPTS:
-                    raise InvalidFsOptionError(value, f"sub-option {sub!r} names a file")
-        result.append(value)
-        i += 1
-    return result
 
 
 async def make_fs(
@@ -251,7 +171,8 @@ async def make_fs(
     mounted, open by a process, or when something is stacked on it; the probe is repeated
     here whatever the caller checked before. ext4: ``mkfs.ext4 -F -q``; xfs:
     ``mkfs.xfs -f -q`` (the force flags only skip prompts and mkfs's own weaker checks:
-    ours ran first).
+    ours ran first), then the options that keep it mountable by the oldest supported kernel
+    (:func:`compat_argv`), then the validated ``options``.
     """
     if fs_type not in SUPPORTED:
         raise UnsupportedFsError(fs_type)
@@ -272,16 +193,35 @@ async def make_fs(
     users = await _openers_after_settling(device)
     if users:
         raise DeviceInUseError(device, f"refusing to format: open by {_describe_pids(users)}")
+    compat = await compat_argv(fs_type)
     if fs_type == "ext4":
-        argv = ["mkfs.ext4", "-F", "-q", *tokens, str(device)]
+        argv = ["mkfs.ext4", "-F", "-q", *compat, *tokens, str(device)]
     else:
-        argv = ["mkfs.xfs", "-f", "-q", *tokens, str(device)]
+        argv = ["mkfs.xfs", "-f", "-q", *compat, *tokens, str(device)]
     done = await proc.run(argv, timeout=timeout, check=False)
     if done.returncode != 0:
         said = proc.excerpt(done.stderr) or proc.excerpt(done.stdout) or "no output"
         raise FsError(
             device, f"`{proc.describe(argv)}` exited with status {done.returncode}: {said}"
         )
+
+
+_COMPAT: dict[str, list[str]] = {}
+
+
+async def compat_argv(fs_type: str) -> list[str]:
+    """The options that keep a new ``fs_type`` mountable by Linux
+    :data:`~rdscsi.io.host.mkfs.KERNEL_FLOOR`, for the mkfs installed here (asked once per
+    process: ``mkfs.xfs`` with no argument prints its usage, ``mke2fs -V`` its version)."""
+    if fs_type not in _COMPAT:
+        if fs_type == "xfs":
+            done = await proc.run(["mkfs.xfs"], timeout=PROBE_TIMEOUT, check=False)
+            argv = xfs_compat_argv(XfsFeatures.from_usage(done.stderr + done.stdout))
+        else:
+            done = await proc.run(["mke2fs", "-V"], timeout=PROBE_TIMEOUT, check=False)
+            argv = ext4_compat_argv(done.stderr + done.stdout)
+        _COMPAT[fs_type] = argv
+    return list(_COMPAT[fs_type])
 
 
 async def _openers_after_settling(device: Path) -> list[int]:
@@ -373,6 +313,102 @@ async def grow_fs(
             device, f"`{proc.describe(argv)}` exited with status {done.returncode}: {said}"
         )
     return stats(mount_point)
+
+
+_EXT4_MAGIC: Final = 0xEF53
+_EXT4_INCOMPAT_64BIT: Final = 0x80
+
+
+def _read_at(device: Path, offset: int, length: int) -> bytes:
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+def filesystem_bytes(device: Path | str, fs_type: str) -> int:
+    """How many bytes of ``device`` the filesystem on it spans, from its superblock.
+
+    ext4: blocks count (with the 64bit high word) times block size; xfs: data blocks times
+    block size. A filesystem smaller than its device is one copied from a smaller volume
+    (restore, clone) or one whose volume grew while nobody had it staged.
+    """
+    device = Path(device)
+    _block_device(device)
+    if fs_type == "ext4":
+        sb = _read_at(device, 1024, 1024)
+        if len(sb) < 0x154 or struct.unpack_from("<H", sb, 0x38)[0] != _EXT4_MAGIC:
+            raise FsError(device, "no ext4 superblock")
+        lo: int = struct.unpack_from("<I", sb, 0x04)[0]
+        log_size: int = struct.unpack_from("<I", sb, 0x18)[0]
+        incompat: int = struct.unpack_from("<I", sb, 0x60)[0]
+        hi: int = struct.unpack_from("<I", sb, 0x150)[0] if incompat & _EXT4_INCOMPAT_64BIT else 0
+        return ((hi << 32) | lo) * (1024 << log_size)
+    if fs_type == "xfs":
+        sb = _read_at(device, 0, 16)
+        if len(sb) < 16 or sb[:4] != b"XFSB":
+            raise FsError(device, "no xfs superblock")
+        block, blocks = struct.unpack_from(">IQ", sb, 4)
+        return int(block) * int(blocks)
+    raise UnsupportedFsError(fs_type)
+
+
+async def grow_offline(device: Path | str, fs_type: str, *, timeout: float = GROW_TIMEOUT) -> None:
+    """Grow an unmounted ext4 to its device: ``e2fsck -f -p`` (resize2fs insists on a
+    checked filesystem; preen mode also replays a journal left by a snapshot of a mounted
+    volume and fixes only what is safe), then ``resize2fs``.
+
+    Offline, because online growth (EXT4_IOC_RESIZE_FS) needs CAP_SYS_RESOURCE, which a
+    node plugin may lack. xfs grows only while mounted: use :func:`grow_fs` for it.
+    """
+    if fs_type != "ext4":
+        raise UnsupportedFsError(fs_type)
+    device = Path(device)
+    if mounts_of_device(device):
+        raise FsError(device, "is mounted; offline growth needs it unmounted")
+    check = ["e2fsck", "-f", "-p", str(device)]
+    done = await proc.run(check, timeout=timeout, check=False)
+    if done.returncode not in (0, 1):  # 1: errors corrected; >= 4: left uncorrected
+        said = proc.excerpt(done.stdout) or proc.excerpt(done.stderr) or "no output"
+        raise FsError(
+            device,
+            f"`{proc.describe(check)}` exited with status {done.returncode}: {said} "
+            "(the filesystem needs a manual fsck before it can be grown)",
+        )
+    argv = ["resize2fs", str(device)]
+    done = await proc.run(argv, timeout=timeout, check=False)
+    if done.returncode != 0:
+        said = proc.excerpt(done.stderr) or proc.excerpt(done.stdout) or "no output"
+        raise FsError(
+            device, f"`{proc.describe(argv)}` exited with status {done.returncode}: {said}"
+        )
+
+
+def is_read_only(device: Path | str) -> bool:
+    """Whether the kernel refuses writes to the block device (BLKROGET)."""
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        buf = fcntl.ioctl(fd, _BLKROGET, b"\0" * 4)
+    finally:
+        os.close(fd)
+    return bool(struct.unpack("i", buf)[0])
+
+
+def set_read_only(device: Path | str, read_only: bool) -> None:
+    """Make the kernel refuse (or allow) writes to the whole block device (BLKROSET, as
+    ``blockdev --setro``): the only read-only a raw block volume can have, since a
+    read-only bind of a device node does not stop writes. Every user of the device on
+    this node is affected, so the node sets it per attachment, never per pod."""
+    _block_device(device)
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, _BLKROSET, struct.pack("i", 1 if read_only else 0))
+    finally:
+        os.close(fd)
+    if is_read_only(device) != read_only:
+        wanted = "read-only" if read_only else "writable"
+        raise FsError(device, f"BLKROSET did not make it {wanted}")
 
 
 # --------------------------------------------------------------------------- block devices

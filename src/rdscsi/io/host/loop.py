@@ -173,7 +173,7 @@ class LoopTransport:
         key = self.key(target)
         matches = self._matches(path, live_only=False)
         for a in matches:
-            busy = device_in_use(self.sysfs, a.name, self.mountinfo)
+            busy = device_in_use(self.sysfs, a.name, self.mountinfo, self.dev / a.name)
             if busy:
                 raise TransportError(f"not detaching: {busy}", target, key)
         failure: TransportError | None = None
@@ -193,6 +193,9 @@ class LoopTransport:
         raise TransportError(detail, target, key)
 
     # --- the Transport protocol ----------------------------------------------------------
+
+    def check(self, target: Target) -> None:
+        self.backing_path(target)
 
     async def find(self, target: Target) -> Path | None:
         return self._device(self.backing_path(target))

@@ -558,42 +558,78 @@ async def mount(
     await _mount_command(argv, target, timeout)
 
 
+# Per-mount flags a bind mount can carry (the rest of a filesystem's options belong to the
+# filesystem, set once when it is mounted at the staging path).
+BIND_FLAGS: Final = frozenset(
+    {
+        "ro",
+        "rw",
+        "noatime",
+        "atime",
+        "nodiratime",
+        "diratime",
+        "relatime",
+        "norelatime",
+        "strictatime",
+        "nosuid",
+        "nodev",
+        "noexec",
+    }
+)
+# What every filesystem the driver mounts carries, binds included: a volume's content must
+# never gain privilege on the node (set-user-ID binaries, device files reaching host devices).
+CONFINED: Final = ("nosuid", "nodev")
+
+
+def bind_flags(options: Sequence[str]) -> list[str]:
+    """The per-mount flags among (already validated) ``options``, in order."""
+    return [option for option in options if option in BIND_FLAGS]
+
+
 async def bind(
     source: Path | str,
     target: Path | str,
     read_only: bool = False,
+    flags: Sequence[str] = (),
     *,
     timeout: float = MOUNT_TIMEOUT,
 ) -> None:
     """Bind ``source`` (a directory, or a block device file onto a regular file) at ``target``.
 
-    A read-only bind needs a second step (``mount -o remount,bind,ro``): the first bind
-    always inherits the source's flags. If that step fails, or the result is not actually
-    read-only, the bind is undone: a writable bind where read-only was asked for must not
-    survive.
+    A bind starts with the flags of the mount it comes from; ``flags`` (per-mount options,
+    see :data:`BIND_FLAGS`) and ``read_only`` need a second step, ``mount -o
+    remount,bind,...``, which sets the bind's flags to exactly those given: so it always
+    names ``nosuid,nodev`` as well, which a filesystem bind must keep. If that step fails,
+    or a read-only bind comes out writable, the bind is undone: a writable bind where
+    read-only was asked for must not survive.
 
-    ``read_only`` with a block device source raises ReadOnlyBlockBindError (a MountError
-    and a ValueError), before anything is mounted: the kernel ignores a
+    ``read_only`` or ``flags`` with a block device source raise ReadOnlyBlockBindError (a
+    MountError and a ValueError) before anything is mounted: the kernel ignores a
     read-only mount for device nodes (open(O_WRONLY) and write() on the bind still work),
-    so such a bind would only look protected. Read-only raw block needs ``blockdev
-    --setro`` on the device, which affects every user of it: the caller's decision.
+    so such a bind would only look protected. Read-only raw block is the device's own
+    read-only flag (:func:`rdscsi.io.host.fs.set_read_only`), affecting every user of it.
     """
     target = Path(target)
-    if read_only and stat.S_ISBLK(os.stat(source).st_mode):
+    flags = [flag for flag in flags if flag not in ("ro", "rw")]
+    if (read_only or flags) and stat.S_ISBLK(os.stat(source).st_mode):
         raise ReadOnlyBlockBindError(
             target,
             f"a read-only bind of block device {source} would not stop writes "
             "(the kernel ignores ro mounts for device nodes); refusing",
         )
+    unknown = [flag for flag in flags if flag not in BIND_FLAGS]
+    if unknown:
+        raise InvalidMountOptionError(unknown[0], "not a per-mount flag a bind can carry")
     _refuse_stacking(target)
     await _mount_command(["mount", "--bind", "--", str(source), str(target)], target, timeout)
-    if not read_only:
+    if not (read_only or flags):
         return
+    wanted = ["remount", "bind", *CONFINED, *flags, "ro" if read_only else "rw"]
     try:
-        await _mount_command(["mount", "-o", "remount,bind,ro", "--", str(target)], target, timeout)
+        await _mount_command(["mount", "-o", ",".join(wanted), "--", str(target)], target, timeout)
         top = top_mount(target)
-        if top is None or not top.read_only:
-            raise MountError(target, "read-only remount left the bind writable")
+        if top is None or top.read_only != read_only:
+            raise MountError(target, "remount left the bind with the wrong read-only flag")
     except BaseException:
         await unmount(target, timeout=timeout)
         raise

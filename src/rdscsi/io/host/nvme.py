@@ -322,7 +322,7 @@ class NvmeTransport:
     async def _disconnect(self, target: Target, nqn: str) -> None:
         """Disconnect a present NQN and verify it is gone (caller holds the lock)."""
         for name in self._namespaces(nqn):
-            busy = device_in_use(self.sysfs, name, self.mountinfo)
+            busy = device_in_use(self.sysfs, name, self.mountinfo, self.dev / name)
             if busy:
                 raise TransportError(f"not disconnecting: {busy}", target)
         failure: TransportError | proc.CommandTimeout | None = None
@@ -341,6 +341,9 @@ class NvmeTransport:
         raise TransportError(detail, target)
 
     # --- the Transport protocol ----------------------------------------------------------
+
+    def check(self, target: Target) -> None:
+        self.connect_argv(target)
 
     async def find(self, target: Target) -> Path | None:
         return self._device(self._nqn(target))

@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol, TypeVar
 
+from rdscsi.io.host.mounts import mounts_of_device, parse_mountinfo
+
 DEFAULT_PORT: Final = 4420
 DEFAULT_CTRL_LOSS_TMO: Final = 60
 DEFAULT_RECONNECT_DELAY: Final = 5
@@ -147,6 +149,11 @@ class Transport(Protocol):
 
     def key(self, target: Target) -> str:
         """The :attr:`Session.key` this target's session has (to match sessions to volumes)."""
+        ...
+
+    def check(self, target: Target) -> None:
+        """Raise :class:`InvalidTarget` if this transport could not use ``target`` (every
+        value it would act on validated); runs nothing. The RPC boundary calls it first."""
         ...
 
     async def connect(self, target: Target) -> Path:
@@ -349,12 +356,15 @@ def read_text(path: Path) -> str | None:
         return None
 
 
-def device_in_use(sysfs: Path, name: str, mountinfo: Path) -> str | None:
+def device_in_use(sysfs: Path, name: str, mountinfo: Path, node: Path | None = None) -> str | None:
     """Why block device ``name`` (``nvme0n1``, ``loop3``) must not be pulled, or None.
 
-    In use means: it (or one of its partitions) is mounted in our mount namespace, or
-    another block device (device-mapper, md) holds it. An open file descriptor without a
-    mount is not visible here; the node service owns the mounts and unmounts first.
+    In use means: it (or one of its partitions) is mounted in our mount namespace, its
+    device node ``node`` is bind-mounted somewhere (a raw block volume published to a pod:
+    such a bind shows the major:minor of devtmpfs, not the device's, and would outlive the
+    device and then reach whatever reuses its number), or another block device
+    (device-mapper, md) holds it. An open file descriptor without a mount is not visible
+    here; the node service owns the mounts and unmounts first.
     """
     block = sysfs / "class" / "block" / name
     numbers: dict[str, str] = {}
@@ -388,4 +398,11 @@ def device_in_use(sysfs: Path, name: str, mountinfo: Path) -> str | None:
         # mountinfo: id parent major:minor root mount-point ...
         if len(fields) > 4 and fields[2] in numbers:
             return f"/dev/{numbers[fields[2]]} is mounted at {fields[4]}"
+    if node is not None:
+        try:
+            binds = mounts_of_device(node, parse_mountinfo("\n".join(lines)))
+        except (OSError, ValueError):
+            binds = []  # no such node here (or not a block device): nothing bound through it
+        if binds:
+            return f"/dev/{name} is bound at {binds[0].mount_point}"
     return None

@@ -538,13 +538,11 @@ class VolumeStore:
         if not stem.startswith(slot + _FROM):
             return None
         source_kind, _, source_id = stem.removeprefix(slot + _FROM).partition(".")
-        if (
-            source_kind == "snapshot"
-            and source_id.startswith(SNAPSHOT_PREFIX)
-            and _is_slot(source_id)
-        ):
+        if not _is_slot(source_id):
+            return None
+        if source_kind == "snapshot" and source_id.startswith(SNAPSHOT_PREFIX):
             return _Copy(VolumeSource("snapshot", source_id), kind)
-        if source_kind == "volume" and source_id.startswith(VOLUME_PREFIXES) and _is_slot(source_id):
+        if source_kind == "volume" and source_id.startswith(VOLUME_PREFIXES):
             return _Copy(VolumeSource("volume", source_id), kind)
         return None
 
@@ -554,9 +552,7 @@ class VolumeStore:
     def _volume_copy(self, disk: DiskInfo) -> _Copy | None:
         return None if disk.file_path is None else self._volume_copy_of(disk.slot, disk.file_path)
 
-    def _snapshot_origin(
-        self, slot: str, path: str | None
-    ) -> tuple[str, int, Kind | None] | None:
+    def _snapshot_origin(self, slot: str, path: str | None) -> tuple[str, int, Kind | None] | None:
         """(source volume id, creation unix ms, kind) if ``path`` is the scheme's for
         ``slot``."""
         if path is None:
