@@ -7,7 +7,7 @@ import asyncio
 import os
 import subprocess
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
@@ -43,12 +43,18 @@ class Node:
     controller: csi_pb2_grpc.ControllerStub
     node: csi_pb2_grpc.NodeStub
     tmp: Path
+    publish_context: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def staging(self, vid: str) -> Path:
         return self.tmp / "kubelet" / "staging" / vid
 
     def target(self, vid: str, pod: str = "pod-1") -> Path:
         return self.tmp / "kubelet" / "pods" / pod / vid
+
+    def loop_of(self, vid: str) -> Path:
+        """The one loop device the volume's backing file is attached to."""
+        (device,) = loops_for(self.sim.backing_path(vid))
+        return Path(device)
 
 
 def loops_for(root: Path) -> list[str]:
@@ -65,6 +71,7 @@ def cleanup(tmp: Path) -> None:
     for point in sorted(points, key=len, reverse=True):
         subprocess.run(["umount", point], capture_output=True)
     for dev in loops_for(tmp):
+        subprocess.run(["blockdev", "--setrw", dev], capture_output=True)  # survives detach
         subprocess.run(["losetup", "-d", dev], capture_output=True)
 
 

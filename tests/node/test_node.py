@@ -12,88 +12,17 @@ import pytest
 
 from rdscsi.csi import csi_pb2 as pb
 
+from .calls import (
+    CAN_GROW_EXT4,
+    fail,
+    mounted,
+    provision,
+    publish,
+    stage,
+    unpublish,
+    unstage,
+)
 from .conftest import GIB, NODE, Node, block_cap, loops_for, mount_cap
-
-PVC = "pvc-0a1b2c3d-0000-4000-8000-0000000000a1"
-
-
-def _has_cap(bit: int) -> bool:
-    with open("/proc/self/status") as f:
-        eff = next(line for line in f if line.startswith("CapEff:")).split()[1]
-    return bool(int(eff, 16) >> bit & 1)
-
-
-# Online ext4 growth (EXT4_IOC_RESIZE_FS) needs CAP_SYS_RESOURCE, which some sandboxes drop.
-CAN_GROW_EXT4 = _has_cap(24)
-
-
-async def fail(call: object) -> tuple[grpc.StatusCode, str]:
-    try:
-        await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as err:
-        return err.code(), err.details() or ""
-    raise AssertionError("the call succeeded")
-
-
-async def provision(n: Node, cap: pb.VolumeCapability, size: int = GIB) -> pb.Volume:
-    vol = (
-        await n.controller.CreateVolume(
-            pb.CreateVolumeRequest(
-                name=PVC,
-                volume_capabilities=[cap],
-                capacity_range=pb.CapacityRange(required_bytes=size),
-            )
-        )
-    ).volume
-    await n.controller.ControllerPublishVolume(
-        pb.ControllerPublishVolumeRequest(
-            volume_id=vol.volume_id, node_id=NODE, volume_capability=cap
-        )
-    )
-    return vol
-
-
-def stage(n: Node, vol: pb.Volume, cap: pb.VolumeCapability) -> object:
-    return n.node.NodeStageVolume(
-        pb.NodeStageVolumeRequest(
-            volume_id=vol.volume_id,
-            staging_target_path=str(n.staging(vol.volume_id)),
-            volume_capability=cap,
-            volume_context=vol.volume_context,
-        )
-    )
-
-
-def unstage(n: Node, vid: str) -> object:
-    return n.node.NodeUnstageVolume(
-        pb.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=str(n.staging(vid)))
-    )
-
-
-def publish(
-    n: Node, vol: pb.Volume, cap: pb.VolumeCapability, pod: str = "pod-1", readonly: bool = False
-) -> object:
-    return n.node.NodePublishVolume(
-        pb.NodePublishVolumeRequest(
-            volume_id=vol.volume_id,
-            staging_target_path=str(n.staging(vol.volume_id)),
-            target_path=str(n.target(vol.volume_id, pod)),
-            volume_capability=cap,
-            readonly=readonly,
-            volume_context=vol.volume_context,
-        )
-    )
-
-
-def unpublish(n: Node, vid: str, pod: str = "pod-1") -> object:
-    return n.node.NodeUnpublishVolume(
-        pb.NodeUnpublishVolumeRequest(volume_id=vid, target_path=str(n.target(vid, pod)))
-    )
-
-
-def mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
 
 
 @pytest.mark.parametrize("fs", ["ext4", "xfs"])
@@ -381,11 +310,24 @@ async def test_delete_before_unstage_still_unstages_cleanly(node: Node) -> None:
     assert str(node.sim.store.files_root) not in out  # the deleted file's loop is gone too
 
 
-async def test_read_only_block_publish_is_refused(node: Node) -> None:
+async def test_read_only_block_publish_sets_the_device_read_only(node: Node) -> None:
+    # A read-only bind of a device node would not stop writes: the device's own flag does.
     cap = block_cap()
     vol = await provision(node, cap, size=16 << 20)
     await stage(node, vol, cap)
-    code, msg = await fail(publish(node, vol, cap, readonly=True))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "read-only" in msg
-    assert not node.target(vol.volume_id).exists()
+    await publish(node, vol, cap, readonly=True)
+    target = node.target(vol.volume_id)
+    with pytest.raises(OSError) as err, open(target, "r+b") as dev:
+        dev.write(b"no")
+        dev.flush()
+    assert err.value.errno in (errno.EPERM, errno.EROFS)
+    # every user on the node shares the flag: a writable publish beside it is refused
+    code, msg = await fail(publish(node, vol, cap, pod="pod-2"))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "read-only" in msg
+    assert not node.target(vol.volume_id, "pod-2").exists()
+    await unpublish(node, vol.volume_id)
+    await publish(node, vol, cap, pod="pod-2")  # the flag went with the last reader
+    with open(node.target(vol.volume_id, "pod-2"), "r+b") as dev:
+        dev.write(b"yes")
+    await unpublish(node, vol.volume_id, "pod-2")
     await unstage(node, vol.volume_id)

@@ -88,6 +88,8 @@ def node(tmp_path: Path) -> Iterator[Node]:
         )
         attached = Loop(Path(out.stdout.strip()), backing)
         made.append(attached)
+        # The read-only flag survives detach: never inherit one, never leave one behind.
+        subprocess.run(["blockdev", "--setrw", str(attached.device)], check=True)
         return attached
 
     try:
@@ -97,6 +99,5 @@ def node(tmp_path: Path) -> Iterator[Node]:
             _unmount_everything_under(tmp_path)
         finally:
             for attached in reversed(made):
-                subprocess.run(
-                    ["losetup", "-d", str(attached.device)], check=False, capture_output=True
-                )
+                for argv in (["blockdev", "--setrw"], ["losetup", "-d"]):
+                    subprocess.run([*argv, str(attached.device)], check=False, capture_output=True)

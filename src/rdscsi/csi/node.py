@@ -32,7 +32,7 @@ import grpc
 from ..hooks.events import WARNING, ClusterEvent, EventSink, ObjectRef
 from ..io.host import fs, mounts
 from ..io.host.proc import CommandTimeout, ProcError
-from ..io.host.transport import InvalidTarget, Target, Transport, TransportError
+from ..io.host.transport import InvalidTarget, Target, TargetMissing, Transport, TransportError
 from ..io.host.transport import target_from_context as _target_from_context
 from ..machines import Engine, NodeVolumeInput, NodeVolumeModel, Step, TransitionNotAllowed
 from . import csi_pb2 as pb
@@ -153,12 +153,43 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         return transport
 
     def _target(self, vid: str, ctx: Mapping[str, str], transport: Transport) -> Target:
+        """The target the context describes, which must be this volume's own: the export's
+        NQN ends with the volume id, and a backing file is named after it (the controller
+        makes both so). A context naming another volume's export is refused, or a request
+        for one volume could mount another's data."""
         try:
             target = _target_from_context(vid, ctx)
             transport.check(target)
         except InvalidTarget as exc:
             raise invalid(f"volume_context: {exc}") from None
+        if not target.nqn.endswith(vid):
+            raise invalid(f"volume_context nqn {shown(target.nqn)} is not volume {vid}'s export")
+        if target.file_path and not Path(target.file_path).name.startswith(vid + "."):
+            raise invalid(
+                f"volume_context filePath {shown(target.file_path)} is not volume {vid}'s file"
+            )
         return target
+
+    @staticmethod
+    def _fit_for(path: Path, field: str, directory: bool) -> None:
+        """A staging or target path must be absent or what will be mounted on: an empty
+        directory (filesystem) or an empty regular file (raw block). Anything else is not
+        the volume's to cover or to remove afterwards."""
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return
+        if mounts.is_mount_point(path):
+            return  # judged later by whose mount it is (a repeated call finds its own)
+        if directory and stat.S_ISDIR(st.st_mode):
+            if not any(path.iterdir()):
+                return
+            raise precondition(f"{field} {path} is a directory with content; not covering it")
+        if not directory and stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            return
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else mounts.describe_kind(st)
+        wanted = "an empty directory" if directory else "an empty regular file"
+        raise precondition(f"{field} {path} exists and is {what}, not {wanted}")
 
     @staticmethod
     def _kind(
@@ -300,6 +331,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
             return exc
         if isinstance(exc, fs.FormatRefusedError):
             return precondition(f"volume {model.volume_id}: {exc}")
+        if isinstance(exc, TargetMissing):
+            return not_found(f"volume {model.volume_id} does not exist on the appliance: {exc}")
         code = grpc.StatusCode.INTERNAL
         if isinstance(exc, CommandTimeout):
             code = grpc.StatusCode.DEADLINE_EXCEEDED
@@ -599,6 +632,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         self._kind(vid, dict(req.volume_context), cap, "published")
         flags = [] if cap.block else self._mount_flags(req.volume_capability)
         asked_ro = req.readonly or cap.mode in READ_ONLY_MODES
+        self._fit_for(dest, "target_path", directory=not cap.block)
         with self.locks.hold(vid):
             record = self.records.load(vid)
             if record is None or Path(record.staging_path) != staging:

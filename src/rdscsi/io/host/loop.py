@@ -18,6 +18,7 @@ Only files under ``files_root`` are ever attached, detached or listed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,12 +26,14 @@ from pathlib import Path
 from typing import Final
 
 from rdscsi.io.host import proc
+from rdscsi.io.host.fs import FsError, set_read_only
 from rdscsi.io.host.transport import (
     InvalidTarget,
     KeyedLock,
     Session,
     Sleep,
     Target,
+    TargetMissing,
     TransportError,
     device_in_use,
     poll,
@@ -178,6 +181,10 @@ class LoopTransport:
                 raise TransportError(f"not detaching: {busy}", target, key)
         failure: TransportError | None = None
         for a in matches:
+            # A loop device keeps its read-only flag (BLKROSET) across detach and attach:
+            # give it back to the pool writable, or the next user of the number cannot write.
+            with contextlib.suppress(OSError, FsError, ValueError):
+                set_read_only(self.dev / a.name, False)
             try:
                 await self._run([self.losetup, "--detach", str(self.dev / a.name)], target)
             except TransportError as exc:
@@ -208,7 +215,7 @@ class LoopTransport:
             if device is not None:
                 return device
             if not path.is_file():
-                raise TransportError(f"backing file {path} does not exist", target, key)
+                raise TargetMissing(f"backing file {path} does not exist", target, key)
             done = await self._run(
                 [self.losetup, "--find", "--show", "--direct-io=off", str(path)], target
             )

@@ -711,6 +711,12 @@ def make_file_target(path: Path | str) -> Path:
     return path
 
 
+def describe_kind(st: os.stat_result) -> str:
+    """``"a regular file"``, ``"a symlink"``...: what a path is, for messages."""
+    name = _kind(st)
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
 def _kind(st: os.stat_result) -> str:
     mode = st.st_mode
     for test, name in (

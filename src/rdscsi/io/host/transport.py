@@ -120,6 +120,11 @@ class TransportError(Exception):
         super().__init__(f"{prefix}: {detail}" if prefix else detail)
 
 
+class TargetMissing(TransportError):
+    """The appliance has no such export (the loop transport: no such backing file): the
+    volume does not exist, rather than being out of reach."""
+
+
 class InvalidTarget(TransportError, ValueError):
     """A target value failed validation; ``field`` names it. Nothing was run."""
 
