@@ -44,6 +44,7 @@ class Node:
     node: csi_pb2_grpc.NodeStub
     tmp: Path
     publish_context: dict[str, dict[str, str]] = field(default_factory=dict)
+    sink: MemorySink = field(default_factory=MemorySink)
 
     def staging(self, vid: str) -> Path:
         return self.tmp / "kubelet" / "staging" / vid
@@ -106,8 +107,8 @@ async def node(tmp_path: Path, client_key: asyncssh.SSHKey) -> AsyncIterator[Nod
         node_state_dir=str(tmp_path / "node-state"),
         kubelet_dir=str(tmp_path / "kubelet"),
     ).validate()
-    clock, registry = ManualClock(), CollectorRegistry()
-    app = build_controller(config, clock, MemorySink(), registry)
+    clock, registry, sink = ManualClock(), CollectorRegistry(), MemorySink()
+    app = build_controller(config, clock, sink, registry)
     await app.start()
     channel = grpc.aio.insecure_channel(config.endpoint)
     n = Node(
@@ -119,6 +120,7 @@ async def node(tmp_path: Path, client_key: asyncssh.SSHKey) -> AsyncIterator[Nod
         csi_pb2_grpc.ControllerStub(channel),
         csi_pb2_grpc.NodeStub(channel),
         tmp_path,
+        sink=sink,
     )
     await asyncio.wait_for(app.rds.wait_for("connected"), 10)
     try:

@@ -19,6 +19,7 @@ from .naming import is_volume_id
 from .status import invalid, not_found, required, shown
 
 MAX_PATH = 4096  # PATH_MAX
+MAX_NAME = 255  # NAME_MAX: one path component
 
 
 class PathRefused(ValueError):
@@ -49,8 +50,11 @@ class Confinement:
             raise PathRefused(f"{field} {shown(value)} is longer than {MAX_PATH} characters")
         if any(ord(c) < 0x20 or c == "\x7f" for c in value):
             raise PathRefused(f"{field} {shown(value)} contains control characters")
-        if any(part in (".", "..") for part in value.split("/")):
+        parts = value.split("/")
+        if any(part in (".", "..") for part in parts):
             raise PathRefused(f"{field} {shown(value)} has '.' or '..' segments")
+        if any(len(part.encode()) > MAX_NAME for part in parts):
+            raise PathRefused(f"{field} {shown(value)} has a name longer than {MAX_NAME} bytes")
         resolved = Path(os.path.realpath(value))
         if resolved == self.root or not resolved.is_relative_to(self.root):
             through = f" (resolves to {shown(str(resolved))})" if str(resolved) != value else ""

@@ -373,6 +373,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
                     )
                 record = None  # a finished or abandoned stage elsewhere: start afresh
             obs = await self._observe(transport, target, staging, cap.block)
+            top = mounts.top_mount(staging)
+            if record is None and top is not None:
+                raise precondition(
+                    f"staging_target_path {staging} is already a mount point ({top.fs_type} "
+                    f"from {top.source}), not of volume {vid}: left alone"
+                )
             if record is not None and obs.state in ("connected", "staged", "published"):
                 self._same_stage(vid, record, cap, read_only, staging)
             model, step = self._drive(
