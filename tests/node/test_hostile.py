@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import subprocess
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -304,3 +306,77 @@ async def test_hostile_requests_change_nothing_and_get_the_spec_codes(node: Node
     codes = {code for _, code in seen}
     assert {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND} <= codes
     assert grpc.StatusCode.FAILED_PRECONDITION in codes
+
+
+async def test_request_text_never_forges_a_log_line_nor_overflows_a_status(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    forged = "pvc-x\n2026-01-01 00:00:00 WARNING rdscsi.node: forged"
+    await node.controller.CreateVolume(
+        pb.CreateVolumeRequest(
+            name=forged,
+            volume_capabilities=[block_cap(Mode.SINGLE_NODE_WRITER)],
+            capacity_range=pb.CapacityRange(required_bytes=MIB),
+        )
+    )
+    created = [r.getMessage() for r in caplog.records if "created volume" in r.getMessage()]
+    assert created and all("\n" not in line and "\\n" in line for line in created)
+    huge = "pvc-" + "x" * 100_000
+    for call in (
+        lambda: node.node.NodeStageVolume(
+            pb.NodeStageVolumeRequest(
+                volume_id=huge,
+                staging_target_path=str(node.tmp / "kubelet" / "s"),
+                volume_capability=mount_cap("ext4"),
+            )
+        ),
+        lambda: node.controller.ControllerPublishVolume(
+            pb.ControllerPublishVolumeRequest(
+                volume_id=huge, node_id="node-a", volume_capability=mount_cap("ext4")
+            )
+        ),
+        lambda: node.controller.DeleteSnapshot(pb.DeleteSnapshotRequest(snapshot_id=huge)),
+    ):
+        try:
+            await call()
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.NOT_FOUND, err.details()
+            assert len(err.details() or "") < 400
+        # DeleteSnapshot of an id never issued: already gone, OK
+
+
+async def test_wrong_codes_of_the_first_wave(node: Node) -> None:
+    odd = pb.VolumeCapability(
+        mount=pb.VolumeCapability.MountVolume(), access_mode=pb.VolumeCapability.AccessMode(mode=99)
+    )
+    try:
+        await node.controller.CreateVolume(
+            pb.CreateVolumeRequest(name="mode-99", volume_capabilities=[odd])
+        )
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "99" in (err.details() or "")
+    else:
+        raise AssertionError("access mode 99 was accepted")
+    vol = await provision(node, mount_cap("ext4"), size=16 * MIB)
+    escaped = {
+        **vol.volume_context,
+        "filePath": "/storage-pool/k8s/vol/../../x/" + vol.volume_id + ".img",
+    }
+    try:
+        await node.node.NodeStageVolume(
+            pb.NodeStageVolumeRequest(
+                volume_id=vol.volume_id,
+                staging_target_path=str(node.staging(vol.volume_id)),
+                volume_capability=mount_cap("ext4"),
+                volume_context=escaped,
+            )
+        )
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'..'" in (err.details() or "")
+    else:
+        raise AssertionError("a '..' in filePath was accepted")
+    listed = await node.controller.ListSnapshots(
+        pb.ListSnapshotsRequest(source_volume_id="never-issued-by-this-driver")
+    )
+    assert list(listed.entries) == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rdscsi.io.host.fs import (
+from rdscsi.io.host.mkfs import (
     InvalidFsOptionError,
     UnsupportedFsError,
     validate_mkfs_options,
@@ -173,6 +173,22 @@ def test_accepted_mkfs_options(fs_type: str, options: str, argv: list[str]) -> N
         ("xfs", "-l logdev=sdb", "logdev=sdb"),
         ("xfs", "-d file,size=1g", "file,size=1g"),
         ("xfs", "-O ^x", "-O"),  # an ext4 flag
+        ("ext4", "-b 65536", "65536"),  # blocks larger than a page never mount
+        ("ext4", "-b 64k", "64k"),
+        ("ext4", "-E offset=4096", "offset=4096"),  # would look blank: formatted again
+        ("ext4", "-J device=LABEL=j", "device=LABEL=j"),  # a journal elsewhere
+        ("ext4", "-O journal_dev", "journal_dev"),
+        ("ext4", "-O ^has_journal,orphan_file", "^has_journal,orphan_file"),  # managed
+        ("xfs", "-d file=1", "file=1"),
+        ("xfs", "-b size=65536", "size=65536"),
+        ("xfs", "-b log=16", "log=16"),
+        ("xfs", "-i nrext64=1", "nrext64=1"),  # Linux 5.10 cannot mount it
+        (
+            "xfs",
+            "-m uuid=00000000-0000-0000-0000-000000000001",
+            "uuid=00000000-0000-0000-0000-000000000001",
+        ),
+        ("xfs", "-l internal=0", "internal=0"),
     ],
 )
 def test_rejected_mkfs_options_name_the_token(fs_type: str, options: str, rejected: str) -> None:

@@ -13,8 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from rdscsi.io.host import fs
 from rdscsi.io.host.loop import LoopTransport
-from rdscsi.io.host.transport import InvalidTarget, Session, Target, TransportError
+from rdscsi.io.host.transport import (
+    InvalidTarget,
+    Session,
+    Target,
+    TargetMissing,
+    TransportError,
+)
 
 from .conftest import NQN
 
@@ -240,3 +247,44 @@ async def test_mounted_device_is_never_detached(
         subprocess.run(["umount", str(mountpoint)], check=True)
     await loop.disconnect(target)
     assert attached_under(root) == []
+
+
+async def test_a_bound_device_node_is_never_detached(
+    loop: LoopTransport, files: Path, root: Path
+) -> None:
+    # A raw block publish binds the device node onto a file: the bind shows devtmpfs, not
+    # the loop device, and would outlive the device (and reach whatever reuses its number).
+    target = volume(files, "pvc-1")
+    device = await loop.connect(target)
+    bound = root / "pod-device"
+    bound.touch()
+    subprocess.run(["mount", "--bind", str(device), str(bound)], check=True)
+    try:
+        # the backing file goes (the volume was deleted on the appliance): still refused
+        (files / "storage-pool" / "k8s" / "vol" / "pvc-1.img").unlink()
+        with pytest.raises(TransportError, match=r"not detaching: .* is bound at"):
+            await loop.disconnect(target)
+        assert attached_under(root) == [str(device)]
+    finally:
+        subprocess.run(["umount", str(bound)], check=True)
+    await loop.disconnect(target)
+    assert attached_under(root) == []
+
+
+async def test_a_detached_device_goes_back_writable(
+    loop: LoopTransport, files: Path, root: Path
+) -> None:
+    target = volume(files, "pvc-1")
+    device = await loop.connect(target)
+    fs.set_read_only(device, True)  # a read-only attachment's flag
+    await loop.disconnect(target)
+    assert not fs.is_read_only(device)  # the next user of this loop number can write
+
+
+async def test_missing_file_is_told_apart(loop: LoopTransport, files: Path) -> None:
+    target = Target("pvc-9", NQN, file_path="/storage-pool/k8s/vol/pvc-9.img")
+    with pytest.raises(TargetMissing):
+        await loop.connect(target)
+    loop.check(target)  # a well-formed target: only the appliance lacks it
+    with pytest.raises(InvalidTarget):
+        loop.check(Target("pvc-9", NQN, file_path="/storage-pool/../etc/passwd"))

@@ -17,6 +17,7 @@ from rdscsi.io.rds.errors import (
 )
 from rdscsi.io.rds.volumes import (
     ForeignDiskError,
+    Kind,
     Snapshot,
     StoreSettings,
     Volume,
@@ -411,3 +412,66 @@ async def test_leftover_file_without_disk_is_a_conflict_until_deleted(bench: Ben
     await bench.store.delete_volume("pvc-a")
     assert bench.files() == []
     assert (await bench.store.create_volume("pvc-a", GIB)).size == GIB
+
+
+# --- kinds and comments ----------------------------------------------------------------------
+
+EXT4_RWO = Kind("ext4", frozenset({"snw", "snro"}))
+BLOCK_RWX = Kind("block", frozenset({"mnmw"}))
+
+
+async def test_a_volume_keeps_its_kind_in_its_path(bench: Bench) -> None:
+    store = bench.store
+    vol = await store.create_volume("pvc-a", ODD, kind=EXT4_RWO)
+    assert vol.file_path == "/storage-pool/k8s/vol/pvc-a.AS.ext4.snro-snw.img"
+    again = await store.get_volume("pvc-a")
+    assert again is not None and again.kind == EXT4_RWO
+    assert await store.create_volume("pvc-a", ODD, kind=EXT4_RWO) == again  # a retry
+    with pytest.raises(AlreadyExistsError, match=r"kind ext4\.snro-snw, not block\.mnmw"):
+        await store.create_volume("pvc-a", ODD, kind=BLOCK_RWX)
+    # a snapshot carries its source's kind, and a restore of it its own
+    snap = await store.create_snapshot("snap-1", "pvc-a")
+    assert snap.kind == EXT4_RWO and snap.file_path.endswith(".AS.ext4.snro-snw.img")
+    restored = await store.create_volume(
+        "pvc-b", ODD, VolumeSource("snapshot", "snap-1"), kind=BLOCK_RWX
+    )
+    assert restored.file_path.endswith("/pvc-b.FROM.snapshot.snap-1.AS.block.mnmw.img")
+    listed = {v.id: (v.source, v.kind) for v in await store.list_volumes()}
+    assert listed == {
+        "pvc-a": (None, EXT4_RWO),
+        "pvc-b": (VolumeSource("snapshot", "snap-1"), BLOCK_RWX),
+    }
+    await store.delete_volume("pvc-b")
+    await store.delete_snapshot("snap-1")
+    await store.delete_volume("pvc-a")
+    assert bench.files() == [] and bench.disks() == []
+
+
+async def test_volumes_without_a_kind_stay_ours(bench: Bench) -> None:
+    old = await bench.store.create_volume("pvc-old", GIB)  # as an older driver made it
+    assert old.kind is None and old.file_path.endswith("/vol/pvc-old.img")
+    # a retry that now knows its kind still finds it
+    assert (await bench.store.create_volume("pvc-old", GIB, kind=EXT4_RWO)).id == "pvc-old"
+    # a path with a malformed kind is not the scheme's: not ours, never adopted
+    bench.sim.store.disks["pvc-old"].file_path = "/storage-pool/k8s/vol/pvc-old.AS.zfs.x.img"
+    with pytest.raises(ForeignDiskError):
+        await bench.store.get_volume("pvc-old")
+    assert [v.id for v in await bench.store.list_volumes()] == []
+
+
+async def test_the_claim_goes_into_the_disks_comment_best_effort(bench: Bench) -> None:
+    vol = await bench.store.create_volume("pvc-a", GIB, comment="pvc=shop/data-0 pv=pvc-a")
+    assert vol.comment == "pvc=shop/data-0 pv=pvc-a"
+    assert bench.sim.store.disks["pvc-a"].comment == vol.comment
+    assert (await bench.store.get_volume("pvc-a")).comment == vol.comment  # type: ignore[union-attr]
+    assert bench.sent('comment="pvc=shop/data-0 pv=pvc-a"') == 1
+    # an appliance that refuses the comment still gives the volume
+
+    async def arm(_command: Command) -> None:
+        bench.sim.faults.fail_next(1, "invalid parameter")
+
+    bench.before("disk-comment", arm)
+    vol = await bench.store.create_volume("pvc-b", GIB, comment="pvc=shop/data-1")
+    assert vol.id == "pvc-b" and "pvc-b" in bench.disks()
+    with pytest.raises(InvalidValueError):
+        await bench.store.create_volume("pvc-c", GIB, comment='quote"d')

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -153,7 +154,8 @@ class RecordStore:
     def _quarantine(self, volume_id: str, path: Path, exc: Exception) -> None:
         aside = self.directory / UNREADABLE
         aside.mkdir(exist_ok=True)
-        moved = aside / f"{path.name}.{int(time.time() * 1000)}"
+        # Unique, so that nothing moved aside earlier is ever overwritten.
+        moved = aside / f"{path.name}.{int(time.time() * 1000)}.{uuid.uuid4().hex[:8]}"
         why = f"{type(exc).__name__}: {exc}"[:200]
         with contextlib.suppress(FileNotFoundError):  # a concurrent call moved it first
             os.replace(path, moved)
