@@ -8,7 +8,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-stamp
 TEST_STAMP    := $(VENV)/.test-stamp
 HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: run test lint typecheck unit diagrams proto proto-check bench clean constraints
+.PHONY: run test lint typecheck unit diagrams proto proto-check bench clean constraints sanity
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
@@ -56,8 +56,14 @@ proto: $(TEST_STAMP)
 unit: $(TEST_STAMP)
 	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(VENV)/bin/pytest
 
-bench: $(TEST_STAMP)
-	$(PY) bench/machines.py --json
+# The CSI conformance suite (kubernetes-csi csi-sanity) against `rdscsi run`: filesystem
+# volumes, then raw block; root and loop devices needed. The binary: $$CSI_SANITY, else
+# ../shared/tools/csi-sanity, else csi-sanity on PATH. `make test` runs it too when it can
+# (tests/sanity), and says why when it cannot.
+sanity: $(TEST_STAMP)
+	$(PY) -m tests.sanity.runner
+
+bench: $(TEST_STAMP)	$(PY) bench/machines.py --json
 	$(PY) bench/rds.py --json
 	$(PY) bench/provision.py --json
 	$(PY) bench/reconcile.py --json
