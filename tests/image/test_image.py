@@ -50,6 +50,7 @@ PACKAGES = {
     "umount": "mount",
     "mkfs.ext4": "e2fsprogs",
     "resize2fs": "e2fsprogs",
+    "e2fsck": "e2fsprogs",
     "mkfs.xfs": "xfsprogs",
     "xfs_growfs": "xfsprogs",
     "modprobe": "kmod",  # node-init (io/host/identity.py)

@@ -222,13 +222,13 @@ _COMPAT: dict[str, list[str]] = {}
 async def compat_argv(fs_type: str) -> list[str]:
     """The options that keep a new ``fs_type`` mountable by Linux
     :data:`~rdscsi.io.host.mkfs.KERNEL_FLOOR`, for the mkfs installed here (asked once per
-    process: ``mkfs.xfs`` with no argument prints its usage, ``mke2fs -V`` its version)."""
+    process: ``mkfs.xfs`` with no argument prints its usage, ``mkfs.ext4 -V`` its version)."""
     if fs_type not in _COMPAT:
         if fs_type == "xfs":
             done = await proc.run(["mkfs.xfs"], timeout=PROBE_TIMEOUT, check=False)
             argv = xfs_compat_argv(XfsFeatures.from_usage(done.stderr + done.stdout))
         else:
-            done = await proc.run(["mke2fs", "-V"], timeout=PROBE_TIMEOUT, check=False)
+            done = await proc.run(["mkfs.ext4", "-V"], timeout=PROBE_TIMEOUT, check=False)
             argv = ext4_compat_argv(done.stderr + done.stdout)
         _COMPAT[fs_type] = argv
     return list(_COMPAT[fs_type])
@@ -382,13 +382,13 @@ async def grow_offline(device: Path | str, fs_type: str, *, timeout: float = GRO
     device = Path(device)
     if mounts_of_device(device):
         raise FsError(device, "is mounted; offline growth needs it unmounted")
-    check = ["e2fsck", "-f", "-p", str(device)]
-    done = await proc.run(check, timeout=timeout, check=False)
+    argv = ["e2fsck", "-f", "-p", str(device)]
+    done = await proc.run(argv, timeout=timeout, check=False)
     if done.returncode not in (0, 1):  # 1: errors corrected; >= 4: left uncorrected
         said = proc.excerpt(done.stdout) or proc.excerpt(done.stderr) or "no output"
         raise FsError(
             device,
-            f"`{proc.describe(check)}` exited with status {done.returncode}: {said} "
+            f"`{proc.describe(argv)}` exited with status {done.returncode}: {said} "
             "(the filesystem needs a manual fsck before it can be grown)",
         )
     argv = ["resize2fs", str(device)]
