@@ -84,3 +84,23 @@ async def test_records_are_whole_json_and_name_what_is_the_volumes(node: Node) -
     await unpublish(node, vol.volume_id)
     await unstage(node, vol.volume_id)
     assert not (node.tmp / "node-state" / f"{vol.volume_id}.json").exists()
+
+
+async def test_records_of_an_earlier_plugin_version_still_serve(node: Node) -> None:
+    # An upgrade while volumes are staged and published: the first records had no targets,
+    # no device number, no kind.
+    cap = mount_cap("ext4")
+    vol = await provision(node, cap, size=16 * MIB)
+    await stage(node, vol, cap)
+    await publish(node, vol, cap)
+    path = node.tmp / "node-state" / f"{vol.volume_id}.json"
+    first = json.loads(path.read_text())
+    keep = ("volume_id", "transport", "staging_path", "block", "target")
+    path.write_text(json.dumps({k: first[k] for k in keep}))
+    await stage(node, vol, cap)  # kubelet repeats after the restart
+    await publish(node, vol, cap)  # a repeat, not "a mount that is not its own"
+    assert list(json.loads(path.read_text())["targets"]) == [str(node.target(vol.volume_id))]
+    await unpublish(node, vol.volume_id)
+    assert not node.target(vol.volume_id).exists()
+    await unstage(node, vol.volume_id)
+    assert loops_for(node.sim.store.files_root) == []

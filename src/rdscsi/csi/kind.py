@@ -11,8 +11,9 @@ carries it to the node, so a volume keeps its kind for its whole life:
   volume: its data would look blank to a formatter).
 
 Volumes created before kinds were recorded have none: every supported capability is
-allowed for them, as before, and the node formats one only when it is blank by every
-signature blkid knows and at both ends (see ``docs/troubleshooting.md``).
+allowed for them, as before, and the node formats one only when blkid knows no signature on
+it and it reads as zeros at both ends and at evenly spaced samples between (see
+``docs/troubleshooting.md``).
 
 Which requested access modes a recorded mode permits: reading is within every mode;
 SINGLE_NODE_SINGLE_WRITER permits one writer; SINGLE_NODE_WRITER and _MULTI_WRITER any

@@ -681,6 +681,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
                 f"cannot be published at {dest} before it is staged",
             )
             top = mounts.top_mount(dest)
+            if top is not None and self._ours(top, record, obs.device):
+                # Published by an earlier version of the plugin, whose records did not
+                # list targets: a repeat. Recorded now, so that unpublish knows it.
+                record.targets[str(dest)] = want
+                self.records.save(record)
+                return pb.NodePublishVolumeResponse()
             if top is not None:
                 raise precondition(
                     f"target_path {dest} is already a mount point ({top.fs_type} from "
