@@ -244,8 +244,11 @@ def run_mode(binary: Path, mode: str, workdir: Path) -> Outcome:
             "--ginkgo.timeout",
             f"{int(TIMEOUT)}s",
         ]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT + 60)
-        outcome.log = done.stdout + done.stderr
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT + 60)
+            outcome.log, status = done.stdout + done.stderr, f"exit {done.returncode}"
+        except subprocess.TimeoutExpired as exc:
+            outcome.log, status = str(exc.stdout or ""), f"killed after {TIMEOUT + 60:.0f}s"
     finally:
         outcome.log += "\n--- rdscsi run ---\n" + _stop_run(run)
         outcome.leftovers = clean(state)
@@ -253,7 +256,7 @@ def run_mode(binary: Path, mode: str, workdir: Path) -> Outcome:
     if report.exists():
         _read_report(report, outcome)
     else:
-        outcome.failed.append(f"csi-sanity wrote no report (exit {done.returncode})")
+        outcome.failed.append(f"csi-sanity wrote no report ({status})")
     return outcome
 
 
