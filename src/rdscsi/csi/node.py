@@ -586,7 +586,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
                 device = obs.device
                 if device is not None:
                     self._refuse_if_open(vid, device)
-                if obs.staging_mounted:
+                if obs.staging_mounted and not record.block:  # a block volume mounts nothing
                     await mounts.unmount(staging)
                 if device is not None:
                     elsewhere = mounts.mounts_of_device(device, mounts.read_mounts())
