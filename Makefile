@@ -63,7 +63,8 @@ unit: $(TEST_STAMP)
 sanity: $(TEST_STAMP)
 	$(PY) -m tests.sanity.runner
 
-bench: $(TEST_STAMP)	$(PY) bench/machines.py --json
+bench: $(TEST_STAMP)
+	$(PY) bench/machines.py --json
 	$(PY) bench/rds.py --json
 	$(PY) bench/provision.py --json
 	$(PY) bench/reconcile.py --json
