@@ -204,17 +204,6 @@ class DriverConfig:
                     )
                 )
             )
-        if self.node and not Path(self.kubelet_dir).is_dir():
-            problems.append(
-                str(
-                    refuse(
-                        "kubelet_dir",
-                        self.kubelet_dir,
-                        "is not a directory",
-                        "kubelet's root directory (kubelet --root-dir)",
-                    )
-                )
-            )
         socket_dir = self.socket_path.parent
         if not socket_dir.is_dir():
             if any(socket_dir.resolve().is_relative_to(d) for d in made):

@@ -147,8 +147,16 @@ class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             start = time.perf_counter()
             default = grpc.StatusCode.OK
+            counted: list[bool] = []
+
+            def count(code: grpc.StatusCode) -> None:
+                # abort() sends the status at once: count first, so that a client which
+                # reads the metrics as soon as it has its answer finds the call there.
+                requests.labels(method, code_name(code, grpc.StatusCode.UNKNOWN)).inc()
+                counted.append(True)
+
             try:
-                reply = inner(request, context)
+                reply = inner(request, _CountingContext(context, count))
                 if inspect.isawaitable(reply):
                     reply = await reply
                 return reply
@@ -163,10 +171,26 @@ class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 raise
             finally:
                 duration.observe(time.perf_counter() - start)
-                code = code_name(_context_code(context), default)
-                requests.labels(method, code).inc()
+                if not counted:
+                    code = code_name(_context_code(context), default)
+                    requests.labels(method, code).inc()
 
         return wrapped
+
+
+class _CountingContext:
+    """The servicer context, with `abort` counting the call before it answers it."""
+
+    def __init__(self, context: Any, count: Callable[[grpc.StatusCode], None]) -> None:
+        self._context = context
+        self._count = count
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", *rest: Any) -> None:
+        self._count(code)
+        await self._context.abort(code, details, *rest)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 def _context_code(context: Any) -> Any:

@@ -268,7 +268,7 @@ async def _run(
     if node:
         say(
             f"CSI Identity, Controller and Node on {config.endpoint} (node {node_id}; volumes "
-            f"attach as loop devices; node paths only under {config.kubelet_dir})"
+            "attach as loop devices)"
         )
     else:
         say(f"CSI Identity and Controller on {config.endpoint}")

@@ -22,7 +22,7 @@ import grpc
 from ..io.rds.errors import RDSError
 from .locks import Busy
 from .naming import is_snapshot_id, is_volume_id
-from .status import SHOWN_CHARS, RPCError, from_rds, shown
+from .status import RPCError, from_rds, shown
 
 log = logging.getLogger("rdscsi.rpc")
 
@@ -106,14 +106,9 @@ def name_once(message: str, known: tuple[str, ...] = ()) -> str:
     return ": ".join(parts)
 
 
-def _plain(text: str) -> str:
-    """An id from the request as a log line may carry it: as it is when it is short and
-    printable, else quoted, escaped and cut (a newline in a name must not forge a line)."""
-    return text if text.isprintable() and len(text) <= SHOWN_CHARS else shown(text)
-
-
 def log_failure(method: str, request: Any, code: grpc.StatusCode, message: str) -> None:
-    about = _plain(subject(request))
+    about = subject(request)
+    about = shown(about) if about else ""  # a newline in a name must not forge a line
     where = f"{method} {about}" if about and about not in message else method
     log.log(LEVELS.get(code, logging.WARNING), "%s: %s: %s", where, code.name, message)
 

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
 from ..io.rds.errors import RDSError, grpc_code_name
 
 SHOWN_CHARS = 128  # of a request-supplied value, in a message or a log line
+_PLAIN = re.compile(r"[^\s'\"\\]+")
 
 
 def shown(value: object, limit: int = SHOWN_CHARS) -> str:
-    """A request-supplied value as it may appear in a message or a log line: quoted, control
-    and non-printable characters escaped (a newline cannot forge a log line), at most
-    ``limit`` characters of it (a 100 kB id must not be echoed back whole)."""
+    """A request-supplied value as it may appear in a message or a log line: as it is when
+    it is short and plain (printable, no blanks, no quotes), else quoted with control and
+    non-printable characters escaped (a newline cannot forge a log line); at most ``limit``
+    characters of it either way (a 100 kB id must not be echoed back whole)."""
     text = value if isinstance(value, str) else str(value)
+    if text and len(text) <= limit and text.isprintable() and _PLAIN.fullmatch(text):
+        return text
     cut = text[:limit]
     quoted = repr(cut)
     return quoted if len(cut) == len(text) else f"{quoted}...(+{len(text) - limit} chars)"
