@@ -1,27 +1,38 @@
-"""Assembles the controller: machines, appliance connection, volume store, attachments,
-reconciler and the CSI server. `rdscsi serve` and `rdscsi run` both start one of these."""
+"""Assembles the controller: machines, appliance connection, volume store, the attachment
+record and its derivation, the reconciler with its leadership, and the CSI server.
+`rdscsi serve` and `rdscsi run` both start one of these.
+
+Standalone (`rdscsi run`, or `serve --controller` without `--kubernetes`) the attachment
+record is local (a JSON file under `state_dir`), the nodes are the configured ones and the
+process always leads. In a cluster (`cluster.ClusterBinding`) the record and the nodes come
+from informers and the Lease decides who runs the reconciler.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
 from .clock import Clock, TimerHandle
 from .config import DriverConfig
+from .control.derive import Deriver, Timing
+from .control.leadership import Leadership
 from .control.nodes import NodeBook, NodeView
-from .control.reconcile import reconcile_attachments
+from .control.reconcile import AttachmentPass
+from .control.record import AttachmentRecord, ClusterRecord, LocalRecord
+from .control.triggers import Reconciler
 from .csi.attachments import AttachmentBook
 from .csi.controller import ControllerService, ControllerSettings
 from .csi.identity import IdentityService
 from .csi.node import NodeService, NodeSettings
 from .csi.server import CSIServer
-from .hooks.events import EventSink
+from .hooks.events import EventSink, bind_metrics
 from .hooks.log import TransitionLogger
-from .hooks.triggers import Reconciler
 from .hooks.wiring import Machines, build_machines
 from .io.host.loop import LoopTransport
 from .io.host.nvme import NvmeTransport
@@ -32,6 +43,8 @@ from .io.rds.errors import RDSError
 from .io.rds.volumes import StoreSettings, VolumeStore
 
 log = logging.getLogger("rdscsi.app")
+
+Health = Callable[[], tuple[bool, str]]
 
 
 class PoolGauge:
@@ -56,45 +69,98 @@ class ControllerApp:
     machines: Machines
     rds: RDSConnection
     store: VolumeStore
+    record: AttachmentRecord
     attachments: AttachmentBook
     nodes: NodeBook
+    passes: AttachmentPass
     reconciler: Reconciler
+    leadership: Leadership
     server: CSIServer
     clock: Clock
     pool: PoolGauge | None = None
+    # What else must hold for readiness (a cluster: every informer current) and liveness (a
+    # cluster: no informer or elector task crashed).
+    ready_checks: list[Health] = field(default_factory=list)
+    live_checks: list[Health] = field(default_factory=list)
     _resync: TimerHandle | None = None
+    _due: TimerHandle | None = None
 
-    async def start(self, reconcile: bool = True) -> None:
-        """`reconcile=False` in a cluster: the reconciler starts when this replica leads."""
+    async def start(self, serve: bool = True, lead: bool = True) -> None:
+        """`serve=False`: the CSI socket opens later (`serve()`), once the caller's sources
+        have synced. `lead=False`: leadership comes from elsewhere (the Lease)."""
         if self.server.node is not None:
             await self.server.node.cleanup_orphans()
-        if reconcile:
-            self.reconciler.start()
         self._arm_resync()
         await self.rds.start()  # returns at once; an unreachable appliance means backoff
+        if lead:
+            await self.leadership.acquired()
+        if serve:
+            await self.serve()
+
+    async def serve(self) -> None:
         await self.server.start()
 
     def _arm_resync(self) -> None:
-        # A periodic pass backs up the triggers (a missed watch event, a clock jump).
+        # A periodic pass backs up the triggers (a missed watch event, a clock jump). It is
+        # armed on every replica: a follower that later leads has it running already.
         def fire() -> None:
-            if self.reconciler.running:
-                self.reconciler.trigger("resync")
-                self._arm_resync()
+            self.reconciler.trigger("resync")
+            self._arm_resync()
 
         self._resync = self.clock.call_later(self.config.resync_period, fire)
 
+    def _arm_due(self) -> None:
+        """Wake the reconciler when the next grace period or migration deadline ends."""
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
+        due = self.passes.next_due()
+        if due is not None:
+            delay = max(0.0, due - self.clock.monotonic())
+            self._due = self.clock.call_later(delay, lambda: self.reconciler.trigger("deadline"))
+
     async def stop(self) -> None:
-        if self._resync is not None:
-            self._resync.cancel()
+        for timer in (self._resync, self._due):
+            if timer is not None:
+                timer.cancel()
         await self.server.stop()
-        await self.reconciler.stop()
+        await self.leadership.lost(released=True)
         await self.rds.close()
 
+    # --- health ---------------------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness: the appliance connection is up (and the cluster view current)."""
+        if not self.rds.connected:
+            return False, f"appliance connection {self.rds.config.name}: {self.rds.state}"
+        for check in self.ready_checks:
+            ok, why = check()
+            if not ok:
+                return False, why
+        return True, "ok"
+
+    def alive(self) -> tuple[bool, str]:
+        """Liveness: this process still does its work (the loop answers this call, and the
+        reconciler has not crashed). An appliance outage is not a reason to restart."""
+        task = self.reconciler.task
+        if task is not None and task.done() and not task.cancelled() and task.exception():
+            return False, f"reconciler crashed: {task.exception()!r}"
+        for check in self.live_checks:
+            ok, why = check()
+            if not ok:
+                return False, why
+        return True, "ok"
+
+    # --- the reconcile pass (leader only) ---------------------------------------------------
+
     async def _reconcile(self, reasons: frozenset[str]) -> None:
-        outcome = reconcile_attachments(self.attachments, self.nodes)
+        self.leadership.check()
+        outcome = self.passes.run()
+        self._arm_due()
         if self.rds.connected and self.pool is not None:
             # Each pass also refreshes the pool figures, so the dashboard sees capacity even
-            # when no provisioner is asking.
+            # when no provisioner is asking. Leadership is checked before every command.
+            self.leadership.check()
             try:
                 pool = await self.store.capacity()
             except RDSError as exc:
@@ -104,6 +170,23 @@ class ControllerApp:
                     self.pool.record(pool.size, pool.free)
         if outcome:
             log.info("reconcile (%s): %s", ", ".join(sorted(reasons)), dict(outcome))
+
+    def summary(self) -> tuple[str, list[str]]:
+        """What a new leader starts from (the StartupReconciliation event)."""
+        volumes = list(self.record.volume_ids())
+        attached = sum(1 for v in volumes if self.attachments.nodes(v))
+        claims = sum(len(self.record.observe(v).claims) for v in volumes)
+        source = "VolumeAttachment(s)" if isinstance(self.record, ClusterRecord) else "record(s)"
+        problems = []
+        for vid in volumes:
+            holders = self.record.observe(vid).holders()
+            limit = 2 if self.record.observe(vid).rwx_block else 1
+            if len(holders) > limit:
+                problems.append(
+                    f"volume {vid} is recorded on nodes {', '.join(c.node for c in holders)}; "
+                    f"keeping {', '.join(c.node for c in holders[:limit])}"
+                )
+        return f"{attached} attached volume(s) from {claims} {source}", problems
 
 
 def node_transports(config: DriverConfig) -> dict[str, Transport]:
@@ -148,10 +231,17 @@ class NodeApp:
     async def stop(self) -> None:
         await self.server.stop()
 
+    def ready(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    def alive(self) -> tuple[bool, str]:
+        return True, "ok"
+
 
 def build_node(
     config: DriverConfig, clock: Clock, sink: EventSink, registry: CollectorRegistry = REGISTRY
 ) -> NodeApp:
+    bind_metrics(sink, registry)
     machines = build_machines(
         clock, sink, lambda reason: None, registry, extra_listeners=(TransitionLogger(),)
     )
@@ -171,9 +261,11 @@ def build_controller(
     sink: EventSink,
     registry: CollectorRegistry = REGISTRY,
     rng: random.Random | None = None,
+    identity: str = "controller",
 ) -> ControllerApp:
     """The controller; with `config.node` the same process serves the Node service too
-    (`rdscsi run`), sharing one set of machines and metrics."""
+    (`rdscsi run`), sharing one set of machines and metrics. With `config.kubernetes` its
+    attachment record is a `ClusterRecord` for `cluster.ClusterBinding` to feed."""
     rds_cfg = config.rds
     # The reconciler's pass needs the app; the app needs the engines the reconciler feeds.
     holder: list[ControllerApp] = []
@@ -181,7 +273,8 @@ def build_controller(
     async def run_pass(reasons: frozenset[str]) -> None:
         await holder[0]._reconcile(reasons)
 
-    reconciler = Reconciler(run_pass, registry=registry)
+    reconciler = Reconciler(run_pass, registry=registry, clock=clock)
+    bind_metrics(sink, registry)
     machines = build_machines(
         clock, sink, reconciler, registry, extra_listeners=(TransitionLogger(),)
     )
@@ -213,23 +306,42 @@ def build_controller(
         ),
         clock.wall,
     )
-    state = Path(config.state_dir) / "attachments.json" if config.state_dir else None
-    attachments = AttachmentBook(
-        machines.attachment,
-        clock,
-        config.grace_period,
-        config.migration_timeout,
-        state,
-        wake=reconciler.trigger,
-    )
-    directory = NodeBook(machines.node)
-    if config.known_nodes:
+
+    def changed(volume_id: str) -> None:
+        reconciler.trigger("attachment")
+
+    record: AttachmentRecord
+    if config.kubernetes:
+        record = ClusterRecord(clock, on_change=changed)
+    else:
+        state = Path(config.state_dir) / "attachments.json" if config.state_dir else None
+        record = LocalRecord(clock, state, on_change=changed)
+    directory = NodeBook(machines.node, clock)
+    if config.known_nodes and not config.kubernetes:
         # Standalone: an in-memory view of the configured nodes feeds the same machines the
         # Kubernetes informer feeds in a cluster.
         for name in config.known_nodes:
-            directory.observe(NodeView(name, ready=True), clock.monotonic())
+            directory.observe(NodeView(name, ready=True))
         directory.synced = True
-    identity = IdentityService(config.name, True, lambda: rds.connected)
+    deriver = Deriver(
+        machines.attachment,
+        directory,
+        clock,
+        Timing(grace_s=config.grace_period, migration_s=config.migration_timeout),
+    )
+    attachments = AttachmentBook(deriver, record)
+    passes = AttachmentPass(deriver, record)
+    leadership = Leadership(
+        reconciler,
+        sink,
+        rds_cfg.name,
+        identity,
+        lambda: True,
+        lambda: holder[0].summary(),
+        on_lost=passes.clear,
+        registry=registry,
+    )
+    identity_service = IdentityService(config.name, True, lambda: rds.connected)
     controller = ControllerService(
         ControllerSettings(
             plugin_name=config.name,
@@ -248,10 +360,13 @@ def build_controller(
         machines,
         rds,
         store,
+        record,
         attachments,
         directory,
+        passes,
         reconciler,
-        CSIServer(config.socket_path, identity, controller, node, registry=registry),
+        leadership,
+        CSIServer(config.socket_path, identity_service, controller, node, registry=registry),
         clock,
         pool,
     )

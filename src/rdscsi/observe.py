@@ -1,7 +1,16 @@
-"""Observability endpoints: `/metrics` and `/healthz` over HTTP, and per-RPC gRPC metrics.
+"""Observability endpoints over HTTP, and per-RPC gRPC metrics.
 
 `MetricsServer` runs on the process's event loop (aiohttp, no thread) and is started and
-stopped with the app. `GrpcMetrics` is a grpc.aio server interceptor recording
+stopped with the app. It serves:
+- `/metrics`: Prometheus text. Per-volume and per-node series (`scoped`) are exported only
+  while the `exported` predicate holds: in a cluster, by the reconciler leader, so every
+  object is counted once however many replicas are scraped.
+- `/livez`: liveness, the process itself (the loop answers, no essential task crashed).
+  kubelet restarts the container on failure; an appliance outage is not one.
+- `/readyz` (and `/healthz`, the same): readiness, the appliance connection is up (and, in a
+  cluster, the informers' view is current). An outage shows as a not-ready pod.
+
+`GrpcMetrics` is a grpc.aio server interceptor recording
 `rds_csi_grpc_requests_total{method,code}` and `rds_csi_grpc_request_duration_seconds{method}`
 for every RPC of every service, including the ones a service ends with `context.abort`.
 """
@@ -12,7 +21,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -22,6 +31,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    Metric,
     generate_latest,
 )
 
@@ -53,13 +63,43 @@ def split_address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-class MetricsServer:
-    """`/metrics` (Prometheus text format) and `/healthz` (200 "ok", else 503 and why)."""
+class Scoped:
+    """A registry view that leaves out some metric families unless `exported()` holds."""
 
-    def __init__(self, address: str, registry: CollectorRegistry, health: Health) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, families: frozenset[str], exported: Callable[[], bool]
+    ) -> None:
+        self.registry = registry
+        self.families = families
+        self.exported = exported
+
+    def collect(self) -> Iterator[Metric]:
+        hide = not self.exported()
+        for family in self.registry.collect():
+            if hide and family.name in self.families:
+                continue
+            yield family
+
+
+class MetricsServer:
+    """`/metrics` (Prometheus text format), `/livez`, `/readyz` and `/healthz` (200 "ok",
+    else 503 and why)."""
+
+    def __init__(
+        self,
+        address: str,
+        registry: CollectorRegistry,
+        health: Health,
+        live: Health | None = None,
+        scoped: tuple[frozenset[str], Callable[[], bool]] | None = None,
+    ) -> None:
         self.host, self._port = split_address(address)
         self.registry = registry
         self.health = health
+        self.live: Health = live or (lambda: (True, "ok"))
+        self._source: CollectorRegistry | Scoped = (
+            Scoped(registry, *scoped) if scoped is not None else registry
+        )
         self._runner: web.AppRunner | None = None
 
     @property
@@ -79,6 +119,8 @@ class MetricsServer:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._healthz)
+        app.router.add_get("/livez", self._livez)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
@@ -95,17 +137,24 @@ class MetricsServer:
             await runner.cleanup()
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
+        body = generate_latest(self._source)  # type: ignore[arg-type]
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        try:
-            ok, detail = self.health()
-        except Exception as exc:  # a broken check is itself unhealthy
-            ok, detail = False, f"health check failed: {type(exc).__name__}: {exc}"
-        if ok:
-            return web.Response(text="ok\n")
-        return web.Response(status=503, text=f"{detail}\n")
+        return _answer(self.health)
+
+    async def _livez(self, request: web.Request) -> web.Response:
+        return _answer(self.live)
+
+
+def _answer(check: Health) -> web.Response:
+    try:
+        ok, detail = check()
+    except Exception as exc:  # a broken check is itself a failure
+        ok, detail = False, f"check failed: {type(exc).__name__}: {exc}"
+    if ok:
+        return web.Response(text="ok\n")
+    return web.Response(status=503, text=f"{detail}\n")
 
 
 class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import REGISTRY
 
 from .app import ControllerApp, NodeApp, build_controller, build_node
 from .clock import LoopClock
 from .config import DriverConfig
 from .hooks.events import MemorySink
-from .run import start_metrics
+from .observe import MetricsServer
 from .signals import until_stopped
+
+log = logging.getLogger("rdscsi.serve")
+
+# Exported once per cluster, by the reconciler leader (followers leave them out).
+CLUSTER_SCOPED = frozenset({"rds_csi_attachment_state", "rds_csi_node_state", "rds_csi_pool_bytes"})
+
+
+async def _metrics(
+    config: DriverConfig, app: ControllerApp | NodeApp, live: MetricsServer | None = None
+) -> MetricsServer | None:
+    if not config.metrics_address:
+        return None
+    scoped = None
+    if isinstance(app, ControllerApp):
+        scoped = (CLUSTER_SCOPED, app.leadership.exported)
+    server = MetricsServer(config.metrics_address, REGISTRY, app.ready, app.alive, scoped)
+    await server.start()
+    return server
 
 
 async def serve(config: DriverConfig) -> int:
@@ -23,7 +43,7 @@ async def serve(config: DriverConfig) -> int:
         app = build_controller(config, clock, sink, REGISTRY)
     else:
         app = build_node(config, clock, sink, REGISTRY)
-    metrics = await start_metrics(config.metrics_address, REGISTRY, app)
+    metrics = await _metrics(config, app)
     try:
         await app.start()
     except BaseException:
@@ -48,24 +68,26 @@ async def _serve_in_cluster(config: DriverConfig, clock: LoopClock) -> int:
     from .io.kube.client import api_client
     from .io.kube.events import KubeEventSink, pod_ref_from_env
 
+    identity = instance_name()
     api = await api_client(config.kubeconfig or None)
     sink = KubeEventSink(
         api,
         f"{config.name}/controller",
-        instance_name(),
+        identity,
         "default",
         clock,
         appliance_ref=pod_ref_from_env(),
     )
-    app = build_controller(config, clock, sink, REGISTRY)
-    binding = ClusterBinding(app, api, sink, clock)
-    metrics = await start_metrics(config.metrics_address, REGISTRY, app)
+    app = build_controller(config, clock, sink, REGISTRY, identity=identity)
+    binding = ClusterBinding(app, api, sink, clock, identity, registry=REGISTRY)
+    metrics = await _metrics(config, app)
     sink.start()
-    await app.start(reconcile=False)
-    await binding.start()
+    await app.start(serve=False, lead=False)
+    await binding.start()  # the socket opens once the informers have synced
     print(
-        f"rdscsi serve: {config.name} controller on {config.endpoint}, in the cluster as "
-        f"{binding.identity}",
+        f"rdscsi serve: {config.name} controller in the cluster as {binding.identity} "
+        f"(Lease {binding.namespace}/{binding.elector.name}); CSI on {config.endpoint} "
+        "once the cluster view has synced",
         flush=True,
     )
     try:

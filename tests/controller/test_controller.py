@@ -634,21 +634,42 @@ async def test_bad_requests_per_rpc(
     assert got == code and needle in msg, (got, msg)
 
 
-async def test_only_the_leader_mutates(cluster: Cluster) -> None:
+async def test_a_replica_that_does_not_lead_serves_every_call(cluster: Cluster) -> None:
+    # Leadership picks the reconciler only: no CSI call asks who leads.
     await create(cluster)
-    assert cluster.app.server.controller is not None
-    cluster.app.server.controller._is_leader = lambda: False
-    for call in (
-        create(cluster, name=PVC2),
-        cluster.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=PVC)),
-        publish(cluster, "node-a"),
-        cluster.controller.CreateSnapshot(pb.CreateSnapshotRequest(name="s", source_volume_id=PVC)),
-    ):
-        code, msg = await code_of(call)
-        assert code == grpc.StatusCode.UNAVAILABLE and "not the leader" in msg
+    await cluster.app.leadership.lost()
+    assert not cluster.app.reconciler.running
+    assert cluster.registry.get_sample_value("rds_csi_leader") == 0
+    await create(cluster, name=PVC2)
+    await publish(cluster, "node-a")
+    snap = await cluster.controller.CreateSnapshot(
+        pb.CreateSnapshotRequest(name="s", source_volume_id=PVC)
+    )
+    await cluster.controller.DeleteSnapshot(
+        pb.DeleteSnapshotRequest(snapshot_id=snap.snapshot.snapshot_id)
+    )
     listed = await cluster.controller.ListVolumes(pb.ListVolumesRequest())
-    assert [e.volume.volume_id for e in listed.entries] == [PVC]  # reads still answer
+    published = {e.volume.volume_id: list(e.status.published_node_ids) for e in listed.entries}
+    assert published == {PVC: ["node-a"], PVC2: []}
+    await unpublish(cluster, "node-a")
+    await cluster.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=PVC2))
     assert cluster.disks() == [PVC]
+
+
+async def test_leadership_terms_and_the_startup_event(cluster: Cluster) -> None:
+    # Standalone the process leads from the start: one StartupReconciliation per term.
+    assert cluster.app.leadership.terms == 1
+    assert cluster.sink.reasons().count("StartupReconciliation") == 1
+    assert cluster.registry.get_sample_value("rds_csi_leader") == 1
+    await cluster.app.leadership.lost()
+    await cluster.app.leadership.lost()  # idempotent
+    await cluster.app.leadership.acquired()
+    assert cluster.sink.reasons().count("StartupReconciliation") == 2
+    samples = {
+        e: cluster.registry.get_sample_value("rds_csi_lease_transitions_total", {"event": e})
+        for e in ("acquired", "lost", "released")
+    }
+    assert samples == {"acquired": 2, "lost": 1, "released": 0}
 
 
 async def test_pool_capacity_is_recorded(cluster: Cluster) -> None:
@@ -660,3 +681,18 @@ async def test_pool_capacity_is_recorded(cluster: Cluster) -> None:
     cluster.app.reconciler.trigger("test")  # each pass refreshes the figures too
     await cluster.app.reconciler.wait_idle()
     assert cluster.registry.get_sample_value("rds_csi_pool_bytes", {"kind": "free"}) == free - GIB
+
+
+async def test_a_deposed_leader_sends_no_more_appliance_commands(cluster: Cluster) -> None:
+    app = cluster.app
+    await app.reconciler.wait_idle()
+    before = len(cluster.sim.commands)
+    app.leadership.lease_held = lambda: False  # the Lease ran out under the pass
+    app.reconciler.trigger("test")
+    await app.reconciler.wait_idle()
+    assert len(cluster.sim.commands) == before  # stopped before its pool read
+    assert app.reconciler.failures == 0  # not a failure: no retry storm either
+    app.leadership.lease_held = lambda: True
+    app.reconciler.trigger("test")
+    await app.reconciler.wait_idle()
+    assert len(cluster.sim.commands) > before

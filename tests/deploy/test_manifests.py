@@ -318,12 +318,7 @@ def _rules_as_map(role: Obj) -> dict[tuple[str, str], frozenset[str]]:
 
 
 def test_the_driver_cluster_role_is_exactly_rbac_controller(objects: list[Obj]) -> None:
-    granted = _rules_as_map(one(objects, "ClusterRole", "rdscsi-controller"))
-    for obj in objects:  # a namespaced Role of the driver's own (the Lease) counts too
-        if obj["kind"] == "Role" and obj["metadata"]["name"] == "rdscsi-controller":
-            for key, verbs in _rules_as_map(obj).items():
-                granted[key] = granted.get(key, frozenset()) | verbs
-    assert granted == rbac.CONTROLLER
+    assert _rules_as_map(one(objects, "ClusterRole", "rdscsi-controller")) == rbac.CONTROLLER
     binding = one(objects, "ClusterRoleBinding", "rdscsi-controller")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -333,6 +328,21 @@ def test_the_driver_cluster_role_is_exactly_rbac_controller(objects: list[Obj]) 
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "rdscsi-controller", "namespace": NAMESPACE}
     ]
+    # The Lease: a namespaced Role, limited by name wherever RBAC can limit it
+    # (tests/kube/test_rbac.py checks the calls by namespace and name).
+    lease_role = one(objects, "Role", "rdscsi-controller")
+    assert lease_role["metadata"]["namespace"] == NAMESPACE
+    granted = {
+        (g, r, frozenset(rule["verbs"]), frozenset(rule.get("resourceNames", [])))
+        for rule in lease_role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }
+    assert granted == rbac.namespaced(rbac.controller_rules(DRIVER))
+    role_binding = one(objects, "RoleBinding", "rdscsi-controller")
+    assert role_binding["roleRef"]["kind"] == "Role"
+    assert role_binding["roleRef"]["name"] == "rdscsi-controller"
+    assert role_binding["subjects"] == binding["subjects"]
 
 
 def test_each_sidecar_has_its_roles_and_leases(objects: list[Obj]) -> None:
@@ -563,8 +573,21 @@ def test_sidecar_http_endpoints_are_declared_probed_and_distinct(objects: list[O
         assert len(ports) == len(set(ports)), "two containers claim one port"
 
 
+def test_controller_liveness_is_the_process_and_readiness_the_appliance() -> None:
+    # An appliance outage must not restart the controller: kubelet probes the driver's own
+    # endpoints (tests/scenarios/test_manifest_run.py runs them), no livenessprobe sidecar.
+    spec = pod_spec(rendered(), "Deployment", "rdscsi-controller")
+    driver = container(spec, "rdscsi")
+    ports = {p["name"]: p["containerPort"] for p in driver["ports"]}
+    assert driver["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
+    assert driver["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    args = driver["args"]
+    assert args[args.index("--metrics-address") + 1].endswith(f":{ports['metrics']}")
+    assert "liveness-probe" not in {c["name"] for c in spec["containers"]}
+
+
 def test_liveness_probes_give_the_livenessprobe_time() -> None:
-    for kind, name in (("Deployment", "rdscsi-controller"), ("DaemonSet", "rdscsi-node")):
+    for kind, name in (("DaemonSet", "rdscsi-node"),):
         spec = pod_spec(rendered(), kind, name)
         sidecar = container(spec, "liveness-probe")
         assert flag(sidecar, "csi-address") == "/csi/csi.sock"

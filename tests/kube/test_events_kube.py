@@ -1,4 +1,5 @@
-"""KubeEventSink against FakeKube: where events land, what they carry, pacing and failures."""
+"""KubeEventSink against FakeKube: where events land, what they carry, series of repeats,
+pacing, retries and failures, and the outcome series."""
 
 from __future__ import annotations
 
@@ -7,10 +8,18 @@ from typing import Any
 
 import pytest
 from kubernetes.aio.client import ApiClient
+from prometheus_client import CollectorRegistry
 
 from rdscsi.clock import ManualClock
-from rdscsi.hooks.events import NORMAL, WARNING, ClusterEvent, ObjectRef
-from rdscsi.io.kube.events import KubeEventSink, KubeRef
+from rdscsi.hooks.events import NORMAL, WARNING, ClusterEvent, ObjectRef, bind_metrics
+from rdscsi.io.kube.events import (
+    FINISH_S,
+    HOUSEKEEPING_S,
+    MAX_TRIES,
+    REFRESH_S,
+    KubeEventSink,
+    KubeRef,
+)
 from rdscsi.testing.kubeapi import FakeKube
 from rdscsi.testing.kubeapi.objects import node, pv
 
@@ -51,7 +60,7 @@ async def test_pv_event_lands_on_the_bound_claim(
     sink.start()
     try:
         sink.emit(attached("pvc-123"))
-        await until(lambda: sink.stats.posted == 1, "the event to be posted")
+        await until(lambda: sink.stats.sent == 1, "the event to be posted")
         [ev] = events(kube, "apps")
         assert ev["regarding"] == {
             "apiVersion": "v1",
@@ -92,7 +101,7 @@ async def test_unbound_or_missing_pv_and_nodes_are_cluster_scoped(
                 "Detach",
             )
         )
-        await until(lambda: sink.stats.posted == 3, "three events")
+        await until(lambda: sink.stats.sent == 3, "three events")
         by_name = {e["regarding"]["name"]: e for e in events(kube)}
         assert set(by_name) == {"pv-free", "pv-gone", "n1"}
         assert all(e["metadata"]["namespace"] == "default" for e in by_name.values())
@@ -128,7 +137,7 @@ async def test_appliance_events_go_to_the_driver_pod(
     sink.start()
     try:
         sink.emit(appliance)
-        await until(lambda: sink.stats.posted == 1, "the appliance event")
+        await until(lambda: sink.stats.sent == 1, "the appliance event")
         [ev] = events(kube, "rds-csi")
         assert ev["regarding"] == {
             "apiVersion": "v1",
@@ -145,7 +154,7 @@ async def test_appliance_events_go_to_the_driver_pod(
     try:
         bare.emit(appliance)
         await until(lambda: bare.stats.unroutable == 1, "the unroutable count")
-        assert bare.stats.posted == 0 and len(events(kube)) == 1
+        assert bare.stats.sent == 0 and len(events(kube)) == 1
     finally:
         await bare.stop()
 
@@ -158,32 +167,98 @@ async def test_long_notes_are_cut_to_the_api_limit(
     sink.start()
     try:
         sink.emit(ClusterEvent("X", NORMAL, ObjectRef("Node", "n1"), "ü" * 2000, "Act"))
-        await until(lambda: sink.stats.posted == 1, "the event")
+        await until(lambda: sink.stats.sent == 1, "the event")
         [ev] = events(kube)
         assert len(ev["note"].encode()) <= 1024
     finally:
         await sink.stop()
 
 
-async def test_per_object_and_reason_limit(
+async def test_repeats_are_aggregated_into_a_series_as_client_go_does(
     kube: FakeKube, api: ApiClient, clock: ManualClock
 ) -> None:
+    assert (FINISH_S, REFRESH_S, MAX_TRIES) == (360.0, 1800.0, 12)
     kube.put(pv("pv-1", DRIVER, "vol-1", claim=("apps", "data")))
-    sink = sink_for(api, clock, key_burst=3, key_per_second=1 / 60)
+    registry = CollectorRegistry()
+    sink = sink_for(api, clock)
+    bind_metrics(sink, registry)
+    sink.start()
+
+    def outcome(name: str) -> float | None:
+        return registry.get_sample_value("rds_csi_events_total", {"outcome": name})
+
+    try:
+        sink.emit(attached("pv-1"))
+        await until(lambda: sink.stats.sent == 1, "the first occurrence")
+        [ev] = events(kube, "apps")
+        assert "series" not in ev
+        clock.advance(10)
+        sink.emit(attached("pv-1"))  # the second occurrence makes it a series at once
+        await until(lambda: sink.stats.series_patches == 1, "the series")
+        [ev] = events(kube, "apps")
+        assert ev["series"]["count"] == 2
+        assert ev["series"]["lastObservedTime"] == "2023-11-14T22:13:30.000000Z"
+        for _ in range(8):  # later ones only count, until the next refresh
+            clock.advance(1)
+            sink.emit(attached("pv-1"))
+        await asyncio.sleep(0.05)
+        assert sink.stats.series_patches == 1 and sink.stats.aggregated == 9
+        # another reason, or another related node, is another event
+        sink.emit(attached("pv-1", reason="VolumeDetached"))
+        sink.emit(attached("pv-1", node_name="n2"))
+        await until(lambda: sink.stats.sent == 3, "two more events")
+        # quiet for the finish time: the series ends with its last count written
+        clock.advance(FINISH_S + HOUSEKEEPING_S)  # noticed at the next housekeeping
+        await until(lambda: sink.stats.series_patches == 2, "the final count")
+        series = [e for e in events(kube, "apps") if "series" in e]
+        assert [e["series"]["count"] for e in series] == [10]
+        sink.emit(attached("pv-1"))  # a new series, in a new Event
+        await until(lambda: sink.stats.sent == 4, "a new event")
+        assert len(events(kube, "apps")) == 4
+        assert (outcome("sent"), outcome("aggregated"), outcome("dropped")) == (4, 9, 0)
+    finally:
+        await sink.stop()
+
+
+async def test_open_series_are_refreshed(
+    kube: FakeKube, api: ApiClient, clock: ManualClock
+) -> None:
+    kube.put(node("n1"))
+    sink = sink_for(api, clock)
+    sink.start()
+    event = ClusterEvent("R", NORMAL, ObjectRef("Node", "n1"), "x", "A")
+    try:
+        sink.emit(event)
+        sink.emit(event)  # before the create went out: created with its series
+        await until(lambda: sink.stats.sent == 1, "the create")
+        [ev] = events(kube)
+        assert ev["series"]["count"] == 2
+        for _ in range(40):  # one a minute: the series never ends
+            clock.advance(60)
+            sink.emit(event)
+        await until(lambda: sink.stats.series_patches >= 1, "a refresh")
+        [ev] = events(kube)
+        assert ev["series"]["count"] > 2
+    finally:
+        await sink.stop()
+
+
+async def test_transient_failures_are_retried_with_retry_after(
+    kube: FakeKube, api: ApiClient, clock: ManualClock
+) -> None:
+    kube.put(node("n1"))
+    kube.throttle(2, retry_after=9, resource="events", verb="create")
+    sink = sink_for(api, clock)
     sink.start()
     try:
-        for _ in range(10):
-            sink.emit(attached("pv-1"))
-        sink.emit(attached("pv-1", reason="VolumeDetached"))  # another reason: its own bucket
-        assert sink.stats.rate_limited == 7
-        await until(lambda: sink.stats.posted == 4, "the admitted events")
-        clock.advance(30)
-        sink.emit(attached("pv-1"))
-        assert sink.stats.rate_limited == 8  # half a token: still limited
-        clock.advance(30)
-        sink.emit(attached("pv-1"))
-        await until(lambda: sink.stats.posted == 5, "one more after a minute")
-        assert len(events(kube, "apps")) == 5
+        sink.emit(ClusterEvent("R", NORMAL, ObjectRef("Node", "n1"), "x", "A"))
+        await until(lambda: sink.stats.failed == 1, "the throttled create")
+        assert clock.monotonic() + 9.0 in clock.pending()
+        clock.advance(9.0)
+        await until(lambda: sink.stats.failed == 2, "throttled again")
+        clock.advance(9.0)
+        await until(lambda: sink.stats.sent == 1, "the third try")
+        assert sink.stats.dropped == 0 and len(events(kube)) == 1
     finally:
         await sink.stop()
 
@@ -198,18 +273,18 @@ async def test_global_rate_paces_on_the_clock(
     try:
         for i in range(6):
             sink.emit(ClusterEvent("R", NORMAL, ObjectRef("Node", f"n{i}"), "x", "A"))
-        await until(lambda: sink.stats.posted == 3 and clock.pending() != [], "the burst")
+        await until(lambda: sink.stats.sent == 3 and clock.pending() != [], "the burst")
         assert sink.pending == 2  # one is waiting for its token, two are queued
         clock.advance(1.9)
         await asyncio.sleep(0)
-        assert sink.stats.posted == 3
+        assert sink.stats.sent == 3
         clock.advance(0.1)
-        await until(lambda: sink.stats.posted == 4, "one token later")
+        await until(lambda: sink.stats.sent == 4, "one token later")
         clock.advance(2.0)
-        await until(lambda: sink.stats.posted == 5, "another")
+        await until(lambda: sink.stats.sent == 5, "another")
         clock.advance(2.0)
-        await until(lambda: sink.stats.posted == 6, "the last")
-        assert sink.stats.rate_limited == 0 and sink.stats.dropped_full == 0
+        await until(lambda: sink.stats.sent == 6, "the last")
+        assert sink.stats.dropped == 0
     finally:
         await sink.stop()
 
@@ -230,14 +305,16 @@ async def test_emit_is_bounded_and_makes_no_tasks(
         assert sink.stats.dropped_full == 900
         assert sink.pending == 100
         # The worker posts the burst and then waits for tokens: still one task of ours.
-        await until(lambda: sink.stats.posted + sink.stats.failed == 10, "the burst")
+        await until(lambda: sink.stats.sent == 10, "the burst")
         assert len(our_tasks()) == mine == 1
     finally:
         await sink.stop(drain_s=0)
     assert our_tasks() == []
 
 
-async def test_failures_are_counted_never_raised(kube: FakeKube, clock: ManualClock) -> None:
+async def test_failures_are_retried_then_dropped_never_raised(
+    kube: FakeKube, clock: ManualClock
+) -> None:
     dead = await new_client(DEAD_URL)
     sink = sink_for(dead, clock)
     sink.start()
@@ -245,7 +322,10 @@ async def test_failures_are_counted_never_raised(kube: FakeKube, clock: ManualCl
         for i in range(5):
             sink.emit(attached(f"pv-{i}"))  # the PV look-up fails too: falls back to the PV
         await until(lambda: sink.stats.failed == 5, "five failed posts")
-        assert sink.stats.posted == 0
+        for tries in range(2, MAX_TRIES + 1):
+            clock.advance(60.0)  # past every retry delay
+            await until(lambda t=tries: sink.stats.failed == 5 * t, f"try {tries}")  # type: ignore[misc]
+        assert sink.stats.exhausted == 5 and sink.stats.dropped == 5 and sink.stats.sent == 0
     finally:
         await sink.stop()
         await dead.close()
@@ -259,8 +339,9 @@ async def test_rejected_events_are_counted(
     try:
         # type must be Normal or Warning: the API server answers 422.
         sink.emit(ClusterEvent("R", "Odd", ObjectRef("Node", "n1"), "x", "A"))
-        await until(lambda: sink.stats.failed == 1, "the rejected post")
-        assert events(kube) == []
+        await until(lambda: sink.stats.rejected == 1, "the rejected post")
+        assert events(kube) == [] and sink.stats.dropped == 1
+        assert clock.pending() == [clock.monotonic() + 60.0]  # housekeeping only: no retry
     finally:
         await sink.stop()
 
@@ -269,13 +350,15 @@ async def test_stop_drains_what_is_queued(
     kube: FakeKube, api: ApiClient, clock: ManualClock
 ) -> None:
     kube.put(node("n1"))
+    kube.put(node("n2"))
     sink = sink_for(api, clock)
     for i in range(5):  # emitted before the worker runs: kept in the queue
         sink.emit(ClusterEvent("R", NORMAL, ObjectRef("Node", "n1"), f"m{i}", "A", None))
+        sink.emit(ClusterEvent("R", NORMAL, ObjectRef("Node", "n2"), f"m{i}", "A", None))
     sink.start()
     await sink.stop(drain_s=5.0)
-    assert sink.stats.posted == 5
-    assert len(events(kube)) == 5
+    assert sink.stats.sent == 2 and sink.stats.aggregated == 8
+    assert sorted(e["series"]["count"] for e in events(kube)) == [5, 5]
 
 
 def test_constructor_rejects_what_the_api_server_would() -> None:

@@ -1,16 +1,30 @@
-"""Pure parts of the Kubernetes I/O: node views, pacing, MicroTime, the VA->PV join."""
+"""Pure parts of the Kubernetes I/O: node, attachment and volume views, pacing, MicroTime,
+Retry-After."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from kubernetes.aio.client.exceptions import ApiException
 
-from rdscsi.io.kube.attachments import AttachmentView, held_by_volume, is_rwx_block, join
+from rdscsi.io.kube.attachments import (
+    AttachmentView,
+    VolumeView,
+    attachment_view,
+    is_rwx_block,
+    volume_view,
+)
 from rdscsi.io.kube.events import KubeRef, is_qualified_name, pod_ref_from_env
 from rdscsi.io.kube.nodes import NodeView, node_view
 from rdscsi.io.kube.ratelimit import Backoff, TokenBucket
-from rdscsi.io.kube.wire import format_micro_time, micro_time, truncate_utf8
+from rdscsi.io.kube.wire import (
+    format_micro_time,
+    micro_time,
+    parse_time,
+    retry_after,
+    truncate_utf8,
+)
 from rdscsi.machines.node import OUT_OF_SERVICE_TAINT
 
 
@@ -185,32 +199,30 @@ def pv(
     return {"metadata": {"name": name}, "spec": spec}
 
 
-def test_join_filters_and_maps() -> None:
-    vas = [
-        va("va-1", "pv-1", "n1"),
-        va("va-2", "pv-2", "n2"),
-        va("va-3", "pv-2", "n3"),
-        va("other", "pv-x", attacher="ebs.csi.aws.com"),
-        va("detached", "pv-1", "n9", attached=False),
-        va("pending", "pv-1", "n8", attached=None),
-        va("inline", None),
-        va("orphan", "pv-gone"),
-    ]
-    pvs = [
-        pv("pv-1", "vol-1"),
-        pv("pv-2", "vol-2", mode="Block", modes=("ReadWriteMany",)),
-        pv("pv-x", "x", driver="ebs.csi.aws.com"),
-    ]
-    views = join(vas, pvs, DRIVER)
-    assert views == [
-        AttachmentView("vol-1", "n1", False, "pv-1", "va-1"),
-        AttachmentView("vol-2", "n2", True, "pv-2", "va-2"),
-        AttachmentView("vol-2", "n3", True, "pv-2", "va-3"),
-    ]
-    assert held_by_volume(views) == {
-        "vol-1": [("n1", False)],
-        "vol-2": [("n2", True), ("n3", True)],
-    }
+def test_attachment_views_keep_only_this_drivers_with_a_pv() -> None:
+    stamp = {"creationTimestamp": "2024-05-01T10:00:00Z"}
+    one = va("va-1", "pv-1", "n1")
+    one["metadata"] |= stamp
+    assert attachment_view(one, DRIVER) == AttachmentView(
+        "va-1", "n1", "pv-1", True, parse_time("2024-05-01T10:00:00Z") or 0.0
+    )
+    pending = va("pending", "pv-1", "n8", attached=None)
+    assert attachment_view(pending, DRIVER) == AttachmentView("pending", "n8", "pv-1", False, 0.0)
+    deleting = va("gone", "pv-1", "n2")
+    deleting["metadata"]["deletionTimestamp"] = "2024-05-01T10:00:01Z"
+    view = attachment_view(deleting, DRIVER)
+    assert view is not None and view.deleting and view.attached
+    assert attachment_view(va("other", "pv-x", attacher="ebs.csi.aws.com"), DRIVER) is None
+    assert attachment_view(va("inline", None), DRIVER) is None
+    assert attachment_view({"metadata": {"name": "x"}}, DRIVER) is None
+
+
+def test_volume_views() -> None:
+    assert volume_view(pv("pv-1", "vol-1"), DRIVER) == VolumeView("pv-1", "vol-1", False)
+    rwx = pv("pv-2", "vol-2", mode="Block", modes=("ReadWriteMany",))
+    assert volume_view(rwx, DRIVER) == VolumeView("pv-2", "vol-2", True)
+    assert volume_view(pv("pv-x", "x", driver="ebs.csi.aws.com"), DRIVER) is None
+    assert volume_view({"metadata": {"name": "nfs"}, "spec": {"nfs": {}}}, DRIVER) is None
 
 
 def test_rwx_block_needs_both() -> None:
@@ -220,5 +232,29 @@ def test_rwx_block_needs_both() -> None:
     assert not is_rwx_block(pv("a", "h", modes=("ReadWriteMany",)))  # mode defaults to Filesystem
 
 
-def test_join_skips_pv_of_another_driver() -> None:
-    assert join([va("va", "pv-1")], [pv("pv-1", "h", driver="other")], DRIVER) == []
+def test_node_view_dates_the_ready_condition() -> None:
+    obj = node(ready="False")
+    obj["status"]["conditions"][1]["lastTransitionTime"] = "2024-05-01T10:00:00Z"
+    view = node_view(obj)
+    assert view is not None and view.since == parse_time("2024-05-01T10:00:00Z")
+    assert (
+        parse_time("2024-05-01T10:00:00.250000Z")
+        == (parse_time("2024-05-01T10:00:00Z") or 0) + 0.25
+    )
+    assert parse_time("garbage") is None and parse_time(None) is None
+
+
+def test_retry_after_is_read_from_429_and_503_only() -> None:
+    def err(status: int, value: str | None) -> ApiException:
+        exc = ApiException(status=status, reason="x")
+        exc.headers = {"Retry-After": value} if value is not None else {}
+        return exc
+
+    assert retry_after(err(429, "3")) == 3.0
+    assert retry_after(err(503, "1")) == 1.0
+    assert retry_after(err(500, "3")) is None
+    assert retry_after(err(429, None)) is None
+    assert retry_after(err(429, "Wed, 21 Oct 2015 07:28:00 GMT")) is None
+    assert retry_after(err(429, "-1")) is None
+    assert retry_after(err(429, "99999")) == 600.0  # bounded
+    assert retry_after(RuntimeError("no status")) is None

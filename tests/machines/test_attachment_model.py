@@ -44,7 +44,15 @@ NOT_ALLOWED = "not allowed"
 
 # The reference, written from the rules, not from the machine: for (state, event)
 # the first row whose condition holds gives (target, field changes, hooks).
-# Condition and change functions take (ref, node, rwx, evidence, now).
+# Condition and change functions take (ref, node, rwx, evidence, now); `now` is the event's
+# clock, and `SINCE[0]` when the cause happened per the objects (None: now).
+SINCE: list[float | None] = [None]
+
+
+def started(t: float) -> float:
+    return t if SINCE[0] is None else SINCE[0]
+
+
 TABLE: dict[tuple[str, str], list[tuple[Any, str, Any, tuple[str, ...]]]] = {
     ("detached", "publish"): [
         (
@@ -58,9 +66,11 @@ TABLE: dict[tuple[str, str], list[tuple[Any, str, Any, tuple[str, ...]]]] = {
     ("attached", "publish"): [
         (lambda r, n, w, e, t: n == r.node, "attached", None, ()),
         (
-            lambda r, n, w, e, t: r.rwx and w,
+            # an RWX block volume may go to a second node, unless the target's
+            # attachment is already older than the migration timeout
+            lambda r, n, w, e, t: r.rwx and w and t < started(t) + MIGRATION,
             "migrating",
-            lambda r, n, w, e, t: {"peer": n, "deadline": t + MIGRATION},
+            lambda r, n, w, e, t: {"peer": n, "deadline": started(t) + MIGRATION},
             ("MigrationStarted",),
         ),
         (lambda *a: True, "attached", None, ("AttachmentConflict",)),
@@ -73,7 +83,7 @@ TABLE: dict[tuple[str, str], list[tuple[Any, str, Any, tuple[str, ...]]]] = {
         (
             lambda r, n, w, e, t: n == r.node,
             "stale",
-            lambda r, n, w, e, t: {"stale_since": t},
+            lambda r, n, w, e, t: {"stale_since": started(t)},
             ("marked_stale",),
         ),
     ],
@@ -171,13 +181,28 @@ class AttachmentModelTest(RuleBasedStateMachine):
     def _now(self) -> float:
         return self.rig.clock.monotonic()
 
-    def _apply(self, vol: str, event: str, node: str, rwx: bool = False, ev: bool = False) -> None:
+    def _apply(
+        self,
+        vol: str,
+        event: str,
+        node: str,
+        rwx: bool = False,
+        ev: bool = False,
+        ago: float | None = None,
+    ) -> None:
         now = self._now()
         model, ref = self.models[vol], self.refs[vol]
         before = model.fields()
+        SINCE[0] = None if ago is None else now - ago
         expected = reference_step(ref, event, node, rwx, ev, now)
         p = AttachInput(
-            now=now, node=node, rwx_block=rwx, evidence=ev, grace_s=GRACE, migration_s=MIGRATION
+            now=now,
+            node=node,
+            rwx_block=rwx,
+            evidence=ev,
+            grace_s=GRACE,
+            migration_s=MIGRATION,
+            since=SINCE[0],
         )
         start = len(self.log.fired)
         if expected == NOT_ALLOWED:
@@ -202,24 +227,41 @@ class AttachmentModelTest(RuleBasedStateMachine):
         # 0..2: any node; 3: the holder; 4: the migration target (steers towards legal events)
         model = self.models[vol]
         if pick == 3 and model.node:
-            return model.node
-        if pick == 4 and model.peer:
-            return model.peer
-        return NODES[pick % len(NODES)]
+            name = model.node
+        elif pick == 4 and model.peer:
+            name = model.peer
+        else:
+            name = NODES[pick % len(NODES)]
+        # Node names arrive from the wire: equal strings, never the same object. A guard
+        # comparing with `is` instead of `==` must fail here.
+        fresh = "".join(list(name))
+        assert fresh == name and fresh is not name
+        return fresh
 
-    @rule(vol=st.sampled_from(VOLUMES), pick=PICK, odd=st.integers(0, 9))
-    def publish(self, vol: str, pick: int, odd: int) -> None:
-        # now and then a request whose access type disagrees with the volume's
+    @rule(
+        vol=st.sampled_from(VOLUMES),
+        pick=PICK,
+        odd=st.integers(0, 9),
+        ago=st.sampled_from([None, None, 0.0, 10.0, MIGRATION - 0.001, MIGRATION, 400.0]),
+    )
+    def publish(self, vol: str, pick: int, odd: int, ago: float | None) -> None:
+        # now and then a request whose access type disagrees with the volume's; `ago`: the
+        # requesting node's VolumeAttachment was created that long ago
         rwx = RWX[vol] if odd else not RWX[vol]
-        self._apply(vol, "publish", self._node(vol, pick), rwx=rwx)
+        self._apply(vol, "publish", self._node(vol, pick), rwx=rwx, ago=ago)
 
     @rule(vol=st.sampled_from(VOLUMES), pick=PICK)
     def unpublish(self, vol: str, pick: int) -> None:
         self._apply(vol, "unpublish", self._node(vol, pick))
 
-    @rule(vol=st.sampled_from(VOLUMES), pick=PICK)
-    def node_lost(self, vol: str, pick: int) -> None:
-        self._apply(vol, "node_lost", self._node(vol, pick))
+    @rule(
+        vol=st.sampled_from(VOLUMES),
+        pick=PICK,
+        ago=st.sampled_from([None, 0.0, 5.0, GRACE - 0.001, GRACE, 100.0]),
+    )
+    def node_lost(self, vol: str, pick: int, ago: float | None) -> None:
+        # `ago`: the node's Ready condition changed that long ago (None: unknown, now)
+        self._apply(vol, "node_lost", self._node(vol, pick), ago=ago)
 
     @rule(vol=st.sampled_from(VOLUMES), pick=PICK)
     def node_ready(self, vol: str, pick: int) -> None:

@@ -118,20 +118,40 @@ async def test_triggers_coalesce_into_one_more_pass() -> None:
     assert rec.passes == 2
 
 
-async def test_failing_pass_is_counted_and_the_loop_goes_on() -> None:
+async def test_failing_pass_is_counted_and_retried_after_a_backoff() -> None:
+    from rdscsi.clock import ManualClock
+    from rdscsi.control.triggers import RETRY_CAP_S, RETRY_INITIAL_S
+    from rdscsi.io.kube.ratelimit import Backoff
+
+    # The reconciler's retry delays are part of the spec: 1 s, doubling to a 60 s cap.
+    assert (RETRY_INITIAL_S, RETRY_CAP_S) == (1.0, 60.0)
     calls = 0
 
     async def run_pass(reasons: frozenset[str]) -> None:
         nonlocal calls
         calls += 1
-        if calls == 1:
+        if calls <= 2:
             raise RuntimeError("appliance said no")
 
-    rec = Reconciler(run_pass)
+    clock = ManualClock()
+    rec = Reconciler(run_pass, clock=clock, backoff=Backoff(1.0, 60.0, jitter=0.0))
     rec.start()
     rec.trigger("x")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    # Never a tight loop: after a failure the next attempt waits on the clock.
+    assert (calls, rec.failures) == (1, 1)
+    assert clock.pending() == [clock.monotonic() + 1.0]
+    clock.advance(1.0)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert (calls, rec.failures) == (2, 2)
+    assert clock.pending() == [clock.monotonic() + 2.0]  # doubled
+    clock.advance(2.0)
     await rec.wait_idle()
+    assert (calls, rec.failures, rec.passes) == (3, 2, 3)
+    assert rec.triggers["x"] == 1  # retried on its own, nobody had to ask again
     rec.trigger("y")
     await rec.wait_idle()
-    assert (calls, rec.failures, rec.passes) == (2, 1, 2)
+    assert calls == 4 and clock.pending() == []  # a success reset the delays
     await rec.stop()

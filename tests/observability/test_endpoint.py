@@ -40,9 +40,27 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def documented() -> dict[str, str]:
-    """Series name -> type, from the tables of docs/metrics.md."""
-    rows = re.findall(r"^\| `(rds_csi_[a-z0-9_]+)` \| (\w+) \|", DOC.read_text(), re.MULTILINE)
+CLUSTER_SECTION = "## Cluster view"
+CONTRACT = {  # the names the alerts and the dashboard are written against
+    "rds_csi_leader",
+    "rds_csi_lease_transitions_total",
+    "rds_csi_events_total",
+    "rds_csi_kube_informer_synced",
+    "rds_csi_kube_informer_relists_total",
+    "rds_csi_kube_informer_failures_total",
+}
+
+
+def documented(cluster: bool | None = None) -> dict[str, str]:
+    """Series name -> type, from the tables of docs/metrics.md; `cluster` True: only the
+    "Cluster view" section (exported by `serve --kubernetes` only), False: all but it."""
+    text = DOC.read_text()
+    if cluster is not None:
+        start = text.index(CLUSTER_SECTION)
+        end = text.find("\n## ", start + 1)
+        section = text[start : end if end >= 0 else len(text)]
+        text = section if cluster else text.replace(section, "")
+    rows = re.findall(r"^\| `(rds_csi_[a-z0-9_]+)` \| (\w+) \|", text, re.MULTILINE)
     assert rows, "no series parsed from docs/metrics.md"
     return dict(rows)
 
@@ -223,12 +241,29 @@ def test_doc_lists_the_series_and_the_new_ones() -> None:
     for name, kind in doc.items():
         assert kind in ("counter", "gauge", "histogram"), name
         assert name.endswith("_total") == (kind == "counter"), name
+    # the contract the alerts and the dashboard are written against
+    assert {n: doc[n] for n in CONTRACT} == {
+        "rds_csi_leader": "gauge",
+        "rds_csi_lease_transitions_total": "counter",
+        "rds_csi_events_total": "counter",
+        "rds_csi_kube_informer_synced": "gauge",
+        "rds_csi_kube_informer_relists_total": "counter",
+        "rds_csi_kube_informer_failures_total": "counter",
+    }
+    assert set(documented(cluster=True)) == {
+        "rds_csi_kube_informer_synced",
+        "rds_csi_kube_informer_relists_total",
+        "rds_csi_kube_informer_failures_total",
+    }
+    assert pending() == set()  # every agreed name is emitted
 
 
 def test_every_documented_series_is_scraped(exercised: str) -> None:
+    # `rdscsi run`: all but the cluster view's (scraped from `serve --kubernetes` as the
+    # manifests run it, tests/scenarios/test_manifest_run.py)
     names = sample_names(exercised)
     missing = []
-    for name, kind in documented().items():
+    for name, kind in documented(cluster=False).items():
         if name in pending():
             continue
         wanted = [name + s for s in HISTOGRAM_SUFFIXES] if kind == "histogram" else [name]
@@ -260,7 +295,8 @@ def test_dashboard_uses_only_exported_series(exercised: str) -> None:
     doc = set(documented())
     used = dashboard_series()
     assert used - doc == set(), "dashboard series not in docs/metrics.md"
-    assert used - scraped - pending() == set(), "dashboard series not exported"
+    cluster_only = set(documented(cluster=True))
+    assert used - scraped - pending() - cluster_only == set(), "dashboard series not exported"
     # every documented series is on the dashboard
     assert doc - used == set()
 
@@ -279,6 +315,9 @@ def test_healthz_follows_the_connection(running: Running) -> None:
         assert "appliance connection" in body and "connected" not in body.replace(
             "disconnected", ""
         ), body
+        assert http_get(f"{running.base}/readyz") == (status, body)
+        # liveness is the process: an appliance outage is no reason to restart it
+        assert http_get(f"{running.base}/livez") == (200, "ok\n")
     finally:
         running.fault("refuse", "off")
     deadline = time.monotonic() + 60

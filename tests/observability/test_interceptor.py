@@ -122,3 +122,41 @@ async def test_metrics_server_serves_metrics_and_health() -> None:
     finally:
         await server.stop()
     await server.stop()  # idempotent
+
+
+async def test_liveness_readiness_and_leader_scoped_series() -> None:
+    import asyncio
+
+    from prometheus_client import Gauge
+
+    registry = CollectorRegistry()
+    per_volume = Gauge("rds_csi_attachment_state", "x", ["state"], registry=registry)
+    per_volume.labels("attached").set(3)
+    Gauge("rds_csi_leader", "x", registry=registry).set(1)
+    state = {"ready": True, "alive": True, "leader": True}
+    server = MetricsServer(
+        "127.0.0.1:0",
+        registry,
+        lambda: (state["ready"], "appliance connection x: backoff"),
+        lambda: (state["alive"], "reconciler crashed"),
+        (frozenset({"rds_csi_attachment_state"}), lambda: state["leader"]),
+    )
+    await server.start()
+    loop = asyncio.get_running_loop()
+
+    async def get(path: str) -> tuple[int, str]:
+        status, _, body = await loop.run_in_executor(None, _get, f"{server.url}{path}")
+        return status, body
+
+    try:
+        assert 'rds_csi_attachment_state{state="attached"} 3.0' in (await get("/metrics"))[1]
+        state["leader"] = False  # a follower leaves the per-volume series out
+        body = (await get("/metrics"))[1]
+        assert "rds_csi_attachment_state" not in body and "rds_csi_leader 1.0" in body
+        state["ready"] = False  # appliance down: not ready, alive
+        assert (await get("/readyz"))[0] == 503 and (await get("/healthz"))[0] == 503
+        assert await get("/livez") == (200, "ok\n")
+        state["alive"] = False
+        assert await get("/livez") == (503, "reconciler crashed\n")
+    finally:
+        await server.stop()

@@ -1,12 +1,18 @@
-"""A controller replica as deployed in a cluster: FakeKube (real HTTP, real `kubernetes.aio`
-client), the simulator over real SSH, CSI over a real unix socket, time on a ManualClock."""
+"""Controller replicas as deployed in a cluster: FakeKube (real HTTP, the real
+`kubernetes.aio` client, RBAC from the shipped manifests), the simulator over real SSH, CSI
+over real unix sockets, and one ManualClock for the whole world (API server timestamps,
+Leases, grace periods), as NTP-synced machines share one time.
+
+`World` starts and stops driver containers (`Replica`) in controller pods; `sidecars.py`
+models the four CSI sidecars of each pod, each kind electing its own leader."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import grpc
@@ -21,11 +27,15 @@ from rdscsi.config import ApplianceConfig, DriverConfig
 from rdscsi.csi import csi_pb2 as pb
 from rdscsi.csi import csi_pb2_grpc
 from rdscsi.io.kube.events import KubeEventSink, KubeRef
+from rdscsi.io.kube.lease import LeaderElector
 from rdscsi.sim import SimConfig, Simulator
-from rdscsi.testing.kubeapi import FakeKube
+from rdscsi.testing.kubeapi import Authorizer, FakeKube, User
 from rdscsi.testing.kubeapi import objects as k8s
+from tests.deploy.test_manifests import BASE, render
 
-DRIVER = "rds.csi.test"
+DRIVER = "rds.csi.mikrotik.com"  # the shipped name: the Lease Role names its Lease
+NAMESPACE = "rdscsi-system"
+TOKEN = "controller-sa"
 GRACE = 30.0
 STEP = 1.0  # advance time in steps no longer than the lease retry period
 
@@ -43,29 +53,85 @@ async def until(
         raise AssertionError(f"timed out waiting for {what}") from None
 
 
+def mount_cap(
+    mode: int = pb.VolumeCapability.AccessMode.SINGLE_NODE_WRITER,
+) -> pb.VolumeCapability:
+    return pb.VolumeCapability(
+        mount=pb.VolumeCapability.MountVolume(fs_type="ext4"),
+        access_mode=pb.VolumeCapability.AccessMode(mode=mode),
+    )
+
+
+def block_cap() -> pb.VolumeCapability:
+    return pb.VolumeCapability(
+        block=pb.VolumeCapability.BlockVolume(),
+        access_mode=pb.VolumeCapability.AccessMode(
+            mode=pb.VolumeCapability.AccessMode.MULTI_NODE_MULTI_WRITER
+        ),
+    )
+
+
 @dataclass
 class Replica:
+    """One driver container (`serve --controller --kubernetes`) in pod `name`."""
+
     name: str
     app: ControllerApp
     binding: ClusterBinding
     sink: KubeEventSink
     api: ApiClient
-    clock: ManualClock
     registry: CollectorRegistry
     channel: grpc.aio.Channel
     controller: csi_pb2_grpc.ControllerStub
-
+    identity: csi_pb2_grpc.IdentityStub
     stopped: bool = False
 
-    async def stop(self) -> None:
+    @property
+    def leads(self) -> bool:
+        return not self.stopped and self.app.leadership.leading
+
+    async def reconnect(self) -> None:
+        """A new channel (gRPC backs off in real time after a refused connect)."""
+        await self.channel.close()
+        self.channel = grpc.aio.insecure_channel(self.app.config.endpoint)
+        self.controller = csi_pb2_grpc.ControllerStub(self.channel)
+        self.identity = csi_pb2_grpc.IdentityStub(self.channel)
+
+    def sample(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+        return self.registry.get_sample_value(name, dict(labels or {}))
+
+    async def stop(self, release: bool = True) -> None:
+        """The container stops: gracefully (`release`: the Lease is handed back) or it
+        crashes (the Lease runs out on its own)."""
         if self.stopped:
             return
         self.stopped = True
-        await self.binding.stop()
+        if release:
+            await self.binding.stop()
+        else:
+            # A crash: nothing is released, nothing more is sent.
+            elector = self.binding.elector
+            task, elector._task = elector._task, None
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            elector._leader = False
+            await self.app.leadership.lost()
+            for informer in self.binding.informers:
+                await informer.stop()
+            watcher = self.binding._task
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
         await self.channel.close()
         await self.app.stop()
-        await self.sink.stop()
+        await self.sink.stop(drain_s=0 if not release else 2.0)
         await self.api.close()
+
+
+def controller_rbac() -> Authorizer:
+    """Every role the shipped manifests bind to the controller's ServiceAccount."""
+    return Authorizer(render(BASE))
 
 
 @dataclass
@@ -74,15 +140,21 @@ class World:
     sim: Simulator
     tmp: Path
     key_file: Path
-    replicas: list[Replica] = field(default_factory=list)
+    clock: ManualClock
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    electors: list[LeaderElector] = field(default_factory=list)  # sidecars' too
+    cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    config_overrides: dict[str, Any] = field(default_factory=dict)
 
-    async def replica(self, name: str, clock: ManualClock | None = None) -> Replica:
-        clock = clock or ManualClock()
-        config = DriverConfig(
+    def socket(self, pod: str) -> Path:
+        return self.tmp / f"{pod}.sock"
+
+    def config(self, pod: str) -> DriverConfig:
+        return DriverConfig(
             name=DRIVER,
             controller=True,
             kubernetes=True,
-            endpoint=f"unix://{self.tmp / (name + '.sock')}",
+            endpoint=f"unix://{self.socket(pod)}",
             rds=ApplianceConfig(
                 address=self.sim.host,
                 port=self.sim.port,
@@ -91,104 +163,130 @@ class World:
                 name="sim",
             ),
             grace_period=GRACE,
-            lease_namespace="kube-system",
+            lease_namespace=NAMESPACE,
+            **self.config_overrides,
         ).validate()
-        api = ApiClient(self.kube.configuration())
+
+    async def replica(self, pod: str, wait: bool = True) -> Replica:
+        """Start the driver container of `pod` (a restart when one ran before)."""
+        old = self.replicas.get(pod)
+        if old is not None and not old.stopped:
+            raise RuntimeError(f"{pod}: the driver is running")
+        config = self.config(pod)
+        api = ApiClient(self.kube.configuration(TOKEN))
         registry = CollectorRegistry()
         sink = KubeEventSink(
             api,
             f"{DRIVER}/controller",
-            name,
+            pod,
             "default",
-            clock,
-            appliance_ref=KubeRef("Pod", name, "kube-system"),
+            self.clock,
+            appliance_ref=KubeRef("Pod", pod, NAMESPACE),
         )
-        app = build_controller(config, clock, sink, registry)
-        binding = ClusterBinding(app, api, sink, clock, identity=name)
+        app = build_controller(config, self.clock, sink, registry, identity=pod)
+        binding = ClusterBinding(app, api, sink, self.clock, pod, registry=registry)
         sink.start()
-        await app.start(reconcile=False)
+        await app.start(serve=False, lead=False)
         await binding.start()
         channel = grpc.aio.insecure_channel(config.endpoint)
         r = Replica(
-            name,
+            pod,
             app,
             binding,
             sink,
             api,
-            clock,
             registry,
             channel,
             csi_pb2_grpc.ControllerStub(channel),
+            csi_pb2_grpc.IdentityStub(channel),
         )
-        self.replicas.append(r)
-        await until(lambda: app.rds.connected, f"{name} connected")
+        self.replicas[pod] = r
+        self.electors.append(binding.elector)
+        if wait:
+            await until(lambda: binding.synced.is_set(), f"{pod} synced")
+            await until(lambda: app.rds.connected, f"{pod} connected")
         return r
 
-    def add_nodes(self, *names: str) -> None:
-        for n in names:
-            self.kube.put(k8s.node(n))
+    def live(self) -> list[Replica]:
+        return [r for r in self.replicas.values() if not r.stopped]
 
-    async def attach(self, r: Replica, pvc_name: str, node: str) -> str:
-        """What provisioner and attacher do: CreateVolume, PV + PVC, publish, VolumeAttachment."""
-        cap = pb.VolumeCapability(
-            mount=pb.VolumeCapability.MountVolume(fs_type="ext4"),
-            access_mode=pb.VolumeCapability.AccessMode(
-                mode=pb.VolumeCapability.AccessMode.SINGLE_NODE_WRITER
-            ),
-        )
-        vol = (
-            await r.controller.CreateVolume(
-                pb.CreateVolumeRequest(
-                    name=pvc_name,
-                    volume_capabilities=[cap],
-                    capacity_range=pb.CapacityRange(required_bytes=1 << 20),
-                )
-            )
-        ).volume
-        self.kube.put(
-            k8s.pv(pvc_name, DRIVER, vol.volume_id, claim=("apps", f"claim-{node}-{pvc_name[-4:]}"))
-        )
-        self.kube.put(k8s.pvc("apps", f"claim-{node}-{pvc_name[-4:]}", pvc_name))
-        await r.controller.ControllerPublishVolume(
-            pb.ControllerPublishVolumeRequest(
-                volume_id=vol.volume_id, node_id=node, volume_capability=cap
-            )
-        )
-        self.kube.put(k8s.volume_attachment(f"csi-{pvc_name[-12:]}", DRIVER, node, pvc_name))
-        return vol.volume_id
+    def leader(self) -> Replica | None:
+        leaders = [r for r in self.live() if r.leads]
+        assert len(leaders) <= 1, f"two reconciler leaders: {[r.name for r in leaders]}"
+        return leaders[0] if leaders else None
 
+    async def settle(self) -> None:
+        """Let every due Lease attempt land and every reconciler go idle."""
+        await until(lambda: all(e.settled for e in self.electors), "due Lease attempts", limit=20.0)
+        for r in self.live():
+            await r.app.reconciler.wait_idle()
 
-async def tick(r: Replica, seconds: float) -> None:
-    """Advance the replica's clock in lease-sized steps, letting renewals and passes land."""
-    steps = max(1, round(seconds / STEP))
-    for _ in range(steps):
-        r.clock.advance(seconds / steps)
-        elector = r.binding.elector
-        if elector.is_leader:
-            # the renewal that fell due must land before time moves on (as in real time)
-            period = elector.retry_period
-            await until(
-                lambda e=elector, p=period: r.clock.monotonic() - e.renewed_at < p,  # type: ignore[misc]
-                f"{r.name} renewed",
-            )
-        await r.app.reconciler.wait_idle()
+    async def tick(self, seconds: float, step: float = STEP) -> None:
+        """Advance the world's clock in steps no longer than the retry period."""
+        steps = max(1, round(seconds / step))
+        for _ in range(steps):
+            self.clock.advance(seconds / steps)
+            # a moment of real time for the HTTP streams (bookmarks, watch events) to move,
+            # as they would while a second passes
+            await asyncio.sleep(0.001)
+            await self.settle()
+
+    async def elect(self, pod: str) -> Replica:
+        """Move the reconciler's Lease to `pod` (the others release theirs)."""
+        target = self.replicas[pod]
+        stopped = []
+        for r in self.live():
+            if r is not target and r.binding.elector.campaigning:
+                await r.binding.elector.stop(release=True)
+                stopped.append(r)
+        for _ in range(20):
+            if target.leads:
+                break
+            await self.tick(target.app.config.retry_period)
+        await until(lambda: target.leads, f"{pod} leading")
+        for r in stopped:
+            r.binding.elector.start()
+        await self.settle()
+        return target
+
+    # --- the rest of the cluster ----------------------------------------------------------
+
+    def node(
+        self, name: str, ready: bool = True, taints: list[dict[str, str]] | None = None
+    ) -> None:
+        """A kubelet (or the node lifecycle controller) reporting a Node, dated now."""
+        self.kube.put(k8s.node(name, ready=ready, taints=taints or [], since=self.clock.wall()))
+
+    def delete_node(self, name: str) -> None:
+        self.kube.remove("v1", "Node", name)
+
+    def events(self, reason: str) -> list[dict[str, Any]]:
+        return [e for e in self.kube.list("events.k8s.io/v1", "Event") if e.get("reason") == reason]
 
 
 @pytest.fixture
 async def world(tmp_path: Path, client_key: asyncssh.SSHKey) -> AsyncIterator[World]:
     key_file = tmp_path / "id"
     client_key.write_private_key(str(key_file))
-    async with FakeKube() as kube:
+    clock = ManualClock(wall_start=1_750_000_000.0)
+    # The watch cache sends every watch a bookmark about once a minute.
+    async with FakeKube(clock=clock, authorizer=controller_rbac(), bookmark_interval=60.0) as kube:
+        kube.grant(TOKEN, User.service_account(NAMESPACE, "rdscsi-controller"))
         sim = Simulator(
             SimConfig(
                 data_dir=tmp_path / "sim", authorized_keys=[client_key.export_public_key().decode()]
             )
         )
         await sim.start()
-        w = World(kube, sim, tmp_path, key_file)
+        w = World(kube, sim, tmp_path, key_file, clock)
         try:
             yield w
         finally:
-            for r in w.replicas:
+            for r in list(w.replicas.values()):
                 await r.stop()
+            for cleanup in w.cleanups:
+                await cleanup()
+            for e in w.electors:
+                await e.stop()
             await sim.stop()
+        assert kube.denied == [], f"requests outside the shipped RBAC: {kube.denied}"

@@ -1,15 +1,20 @@
-"""The Node machines, fed by observed node views; answers "is this node gone?".
+"""The Node machines, fed by observed node views; answers "is this node gone, and since when?".
 
-A source (the Kubernetes Node informer, or the standalone view of the one local node)
-reports every view; the book turns differences into Node machine events, whose hooks ask
-for a reconcile pass. Attachments ask the book whether their node is lost, ready, and
-whether there is evidence (deleted, or the out-of-service taint) to release them.
+A source (the Kubernetes Node informer, or, standalone, the configured nodes) reports views;
+the book turns differences into Node machine events, whose hooks ask for a reconcile pass.
+Attachments ask the book whether their node is lost or ready, whether there is evidence
+(deleted, or the out-of-service taint) to release them, and since when the node has been
+lost: the Ready condition's `lastTransitionTime` when the object carries it, so every replica
+and every leader dates a loss alike and a failover restarts no grace period.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Container
 from dataclasses import dataclass
 
+from ..clock import Clock
 from ..machines import Engine, NodeInput, NodeModel, Step
 
 
@@ -21,29 +26,44 @@ class NodeView:
     ready: bool
     out_of_service: bool = False
     deleted: bool = False
+    since: float | None = None  # wall time the Ready condition last changed, if known
 
 
 class NodeBook:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, clock: Clock) -> None:
         self.engine = engine
+        self.clock = clock
         self.models: dict[str, NodeModel] = {}
         self.synced = False  # a full listing has been seen: absence now means deleted
+        self._lost_at: dict[str, float] = {}  # wall time each lost node was lost
+        self._absent_at: dict[str, float] = {}  # never-seen names, first asked about after sync
 
-    def observe(self, view: NodeView, now: float = 0.0) -> list[Step]:
+    def observe(self, view: NodeView) -> list[Step]:
         """Feed one view; returns the transitions it caused (none when nothing changed)."""
-        p = NodeInput(now)
+        p = NodeInput(self.clock.monotonic())
+        wall = self.clock.wall()
         model = self.models.get(view.name)
         if model is not None and model.state == "deleted" and not view.deleted:
             self.engine.forget(model)  # a node re-created under the same name: a new life
+            self._lost_at.pop(view.name, None)
             model = None
         if model is None:
             model = self.engine.track(NodeModel(view.name))
             self.models[view.name] = model
+            self._absent_at.pop(view.name, None)
         steps: list[Step] = []
         if view.deleted:
             if model.state != "deleted":
+                # Lost when it went NotReady if it had; else now, when its deletion is seen.
+                self._lost_at.setdefault(
+                    view.name, self._since(view, wall) if not view.ready else wall
+                )
                 steps.append(self.engine.send(model, "delete", p))
             return steps
+        if view.ready:
+            self._lost_at.pop(view.name, None)
+        else:
+            self._lost_at[view.name] = self._since(view, wall)
         if view.ready and model.state in ("new", "not_ready"):
             steps.append(self.engine.send(model, "became_ready", p))
         elif not view.ready and model.state in ("new", "ready"):
@@ -54,10 +74,24 @@ class NodeBook:
             steps.append(self.engine.send(model, "untaint_out_of_service", p))
         return steps
 
-    def forget_deleted(self) -> None:
-        """Drop deleted nodes no attachment refers to any more (bounded memory)."""
-        for name in [n for n, m in self.models.items() if m.state == "deleted"]:
+    def _since(self, view: NodeView, wall: float) -> float:
+        """When a not-ready node was lost: its Ready condition's last transition, never in
+        the future (another machine's clock may run ahead of ours); else when first seen so."""
+        if view.since is not None:
+            return min(view.since, wall)
+        return self._lost_at.get(view.name, wall)
+
+    def forget_deleted(self, keep: Container[str] = ()) -> int:
+        """Drop deleted nodes that no attachment refers to (`keep`): bounded memory when
+        nodes come and go. A forgotten name still counts as gone (absent after a full
+        listing). Returns how many were dropped."""
+        gone = [n for n, m in self.models.items() if m.state == "deleted" and n not in keep]
+        for name in gone:
             self.engine.forget(self.models.pop(name))
+            self._lost_at.pop(name, None)
+        for name in [n for n in self._absent_at if n not in keep]:
+            del self._absent_at[name]
+        return len(gone)
 
     # --- what the controller asks -----------------------------------------------------------
 
@@ -83,3 +117,31 @@ class NodeBook:
         if model is None:
             return self.synced
         return model.evidence
+
+    def lost_since(self, node_id: str) -> float | None:
+        """Wall time the node was lost (None while it is not lost). A name never seen is
+        dated from the first time it was asked about after the full listing."""
+        if not self.lost(node_id):
+            return None
+        at = self._lost_at.get(node_id)
+        if at is not None:
+            return at
+        if node_id not in self.models:
+            return self._absent_at.setdefault(node_id, self.clock.wall())
+        return self.clock.wall()  # pragma: no cover - lost nodes always have a time
+
+    def lost_monotonic(self, node_id: str) -> float | None:
+        """`lost_since` on this process's monotonic clock (for the machines' guards)."""
+        at = self.lost_since(node_id)
+        if at is None:
+            return None
+        return to_monotonic(self.clock, at)
+
+
+def to_monotonic(clock: Clock, wall: float) -> float:
+    """A wall-clock instant (e.g. from an object's timestamp) on the monotonic clock; an
+    instant in the future (clock skew) counts as now."""
+    ago = clock.wall() - wall
+    if not math.isfinite(ago) or ago < 0:
+        ago = 0.0
+    return clock.monotonic() - ago

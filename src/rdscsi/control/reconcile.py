@@ -1,44 +1,138 @@
-"""One reconcile pass over every attachment that depends on a node or a clock.
+"""The reconciler's pass over every attachment: run by the leader only.
 
-- attached to a lost node → `node_lost` (stale; the grace period starts)
-- stale, node ready again → `node_ready` (nothing was cleared)
-- stale otherwise → `reconcile` with the evidence; the machine clears it only with evidence
-  and after the grace period
-- migrating with a lost end → `node_lost`; otherwise `reconcile` (the deadline)
-The pass only sends events; the Attachment machine decides. It runs in the leader only.
+The leader keeps one Attachment model per attached volume (these are what the
+`rds_csi_attachment_state` gauge counts). Each pass, per volume:
+
+1. observe its claims; those this leader already released are left out;
+2. when the holders differ from the ones the kept model was restored from, restore it
+   (`control.derive`), silently: the change itself was an RPC's, reported there;
+3. `settle` it on the real engine: a holder's node lost -> `node_lost` (stale, dated by
+   the Node object), back -> `node_ready`, stale with evidence past the grace period ->
+   cleared, a migration past its deadline or with a lost end -> back to one node. These
+   transitions fire the events and metrics, once per leadership term;
+4. a node the machine let go of is remembered as released, so the next pass does not
+   restore it while its VolumeAttachment lingers; every replica reaches the same answer for
+   its own decisions from the same objects and the clock (the release rules are the
+   machine's guards).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import Counter
 
-from ..csi.attachments import AttachmentBook
-from .nodes import NodeBook
+from ..machines import AttachmentModel, Step
+from .derive import Deriver
+from .record import AttachmentRecord, Claim
+
+log = logging.getLogger("rdscsi.reconcile")
 
 
-def reconcile_attachments(book: AttachmentBook, nodes: NodeBook) -> Counter[str]:
-    """Returns how many attachments took each event (for logs and tests)."""
-    done: Counter[str] = Counter()
-    for vid, model in list(book.models.items()):
-        holder = model.node or ""
-        if model.state == "attached":
-            if nodes.lost(holder):
-                book.send(vid, "node_lost", holder)
-                done["node_lost"] += 1
-        elif model.state == "stale":
-            if nodes.ready(holder):
-                book.send(vid, "node_ready", holder)
-                done["node_ready"] += 1
-            else:
-                step = book.send(vid, "reconcile", holder, nodes.evidence(holder))
-                done["cleared" if step.target == "detached" else "waiting"] += 1
-        elif model.state == "migrating":
-            lost = next((n for n in (model.peer, model.node) if n and nodes.lost(n)), None)
-            if lost is not None:
-                book.send(vid, "node_lost", lost)
-                done["node_lost"] += 1
-            else:
-                step = book.send(vid, "reconcile", holder)
-                if step.target != "migrating":
-                    done["migration_expired"] += 1
-    return done
+class AttachmentPass:
+    def __init__(self, deriver: Deriver, record: AttachmentRecord) -> None:
+        self.deriver = deriver
+        self.record = record
+        self.models: dict[str, AttachmentModel] = {}
+        self._restored_from: dict[str, tuple[str, ...]] = {}  # claim keys per kept model
+        self.released: dict[str, set[str]] = {}  # volume -> claim keys let go by this leader
+        self.problems: dict[str, str] = {}  # volume -> what does not add up (logged once)
+
+    def run(self) -> Counter[str]:
+        """One pass; returns how many volumes took each action (for logs and tests)."""
+        done: Counter[str] = Counter()
+        seen: set[str] = set()
+        for vid in list(self.record.volume_ids()):
+            seen.add(vid)
+            self._volume(vid, done)
+        for vid in [v for v in self.models if v not in seen]:
+            self._volume(vid, done)  # its last claim went away
+        for vid in [v for v in self.released if v not in seen]:
+            del self.released[vid]
+        self.deriver.nodes.forget_deleted(keep=self.record.nodes())
+        return done
+
+    def _volume(self, vid: str, done: Counter[str]) -> None:
+        observed = self.record.observe(vid)
+        released = self.released.get(vid)
+        holders = observed.holders()
+        if released:
+            keys = {c.key for c in observed.claims}
+            released.intersection_update(keys)  # its attachment is gone: forget the release
+            if not released:
+                del self.released[vid]
+            holders = [c for c in holders if c.key not in released]
+        self._check(observed.volume_id, observed.rwx_block, holders)
+        restored_from = tuple(c.key for c in holders)
+        engine = self.deriver.engine
+        model = self.models.get(vid)
+        if model is None or self._restored_from.get(vid) != restored_from:
+            if model is not None:
+                engine.forget(model)
+            model = self.deriver.restore(engine, vid, observed.rwx_block, holders)
+            self.models[vid] = model
+        before = model.nodes
+        steps = self.deriver.settle(engine, model)
+        for step in steps:
+            done[_action(step)] += 1
+        dropped = [n for n in before if n not in model.nodes]
+        if dropped:
+            keys = {c.key for c in holders if c.node in dropped}
+            self.released.setdefault(vid, set()).update(keys)
+            restored_from = tuple(k for k in restored_from if k not in keys)
+            release = getattr(self.record, "release", None)
+            if release is not None:  # standalone: the record is ours to change
+                for node in dropped:
+                    release(vid, node)
+        self._restored_from[vid] = restored_from
+        if model.state == "detached":
+            engine.forget(model)
+            del self.models[vid]
+            self._restored_from.pop(vid, None)
+
+    def _check(self, vid: str, rwx_block: bool, holders: list[Claim]) -> None:
+        limit = 2 if rwx_block else 1
+        if len(holders) > limit:
+            text = (
+                f"volume {vid} is attached to nodes {', '.join(c.node for c in holders)}; "
+                f"a {'read-write-many block' if rwx_block else 'single-node'} volume may be on "
+                f"{limit}: keeping {', '.join(c.node for c in holders[:limit])} (the oldest)"
+            )
+            if self.problems.get(vid) != text:
+                log.warning("%s", text)
+            self.problems[vid] = text
+        else:
+            self.problems.pop(vid, None)
+
+    def next_due(self) -> float | None:
+        """Monotonic time the next grace period or migration deadline ends, if any."""
+        due = math.inf
+        grace = self.deriver.timing.grace_s
+        for model in self.models.values():
+            if model.state == "stale" and model.stale_since is not None:
+                due = min(due, model.stale_since + grace)
+            elif model.state == "migrating" and model.deadline is not None:
+                due = min(due, model.deadline)
+        return None if due == math.inf else due
+
+    def clear(self) -> None:
+        """Leadership lost: drop the kept models (their gauges go back to zero) and the
+        releases; the next leader derives them again from the objects."""
+        for model in self.models.values():
+            self.deriver.engine.forget(model)
+        self.models.clear()
+        self._restored_from.clear()
+        self.released.clear()
+        self.problems.clear()
+
+
+def _action(step: Step) -> str:
+    if step.event == "node_lost":
+        return "node_lost"
+    if step.event == "node_ready":
+        return "node_ready"
+    if step.source == "stale":
+        return "cleared" if step.target == "detached" else "waiting"
+    if step.source == "migrating" and step.target != "migrating":
+        return "migration_expired"
+    return "waiting"

@@ -1,9 +1,10 @@
 """The CSI Controller service: every controller RPC, and only RPCs, live here.
 
 Volumes and snapshots are read from and written to the appliance through `VolumeStore`;
-where a volume may be used is decided by its Attachment machine (`AttachmentBook`). Each
-RPC validates its request first, holds a per-object lock (a concurrent call for the same
-volume or snapshot gets ABORTED), and names the object in every error.
+where a volume may be used is decided by its Attachment machine (`AttachmentBook`), restored
+from the cluster's objects on every call. Each RPC validates its request first, holds a
+per-object lock (a concurrent call for the same volume or snapshot gets ABORTED), and names
+the object in every error. No RPC depends on which replica leads: any replica serves them all.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ..io.rds.errors import AlreadyExistsError, NotFoundError, RDSError
 from ..io.rds.volumes import Snapshot, Volume, VolumeSource, VolumeStore
 from . import csi_pb2 as pb
 from . import csi_pb2_grpc
-from .attachments import AttachmentBook, NodeDirectory
+from .attachments import AttachmentBook, ClaimNotSeen, NodeDirectory
 from .kind import COPY_OF, VolumeKind, kind_of
 from .locks import OperationLocks
 from .naming import is_snapshot_id, is_volume_id, snapshot_id, volume_id
@@ -78,12 +79,9 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         attachments: AttachmentBook,
         nodes: NodeDirectory,
         locks: OperationLocks | None = None,
-        is_leader: Callable[[], bool] | None = None,
         on_pool: Callable[[int, int], None] | None = None,
     ) -> None:
         self.settings = settings
-        # Two replicas are safe: only the Lease holder changes the appliance or attachments.
-        self._is_leader = is_leader or (lambda: True)
         self._on_pool = on_pool  # records pool size and free bytes whenever they are read
         self.store = store
         self.attachments = attachments
@@ -95,13 +93,6 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         self._readonly: dict[tuple[str, str], bool] = {}
 
     # --- helpers ------------------------------------------------------------------------------
-
-    def _leader(self, what: str) -> None:
-        if not self._is_leader():
-            raise RPCError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"{what}: this controller replica is not the leader; retry",
-            )
 
     def _topology(self) -> pb.Topology:
         return pb.Topology(segments={self.settings.topology_key: self.settings.appliance})
@@ -186,7 +177,6 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     @rpc
     async def CreateVolume(self, req: pb.CreateVolumeRequest, ctx: Any) -> pb.CreateVolumeResponse:
         name = required(req.name, "name")
-        self._leader(f"volume {shown(name)}")
         kind = kind_of(check_capabilities(list(req.volume_capabilities)))
         params = volume_parameters(req.parameters, None if kind.block else kind.fs)
         vid = volume_id(name)
@@ -304,7 +294,6 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     @rpc
     async def DeleteVolume(self, req: pb.DeleteVolumeRequest, ctx: Any) -> pb.DeleteVolumeResponse:
         vid = required(req.volume_id, "volume_id")
-        self._leader(f"volume {shown(vid)}")
         if not is_volume_id(vid):
             return pb.DeleteVolumeResponse()  # never ours, so already gone
         with self.locks.hold(vid):
@@ -324,7 +313,6 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         self, req: pb.ControllerPublishVolumeRequest, ctx: Any
     ) -> pb.ControllerPublishVolumeResponse:
         vid = required(req.volume_id, "volume_id")
-        self._leader(f"volume {shown(vid)}")
         node = required(req.node_id, "node_id")
         if not req.HasField("volume_capability"):
             raise invalid("volume_capability: required")
@@ -337,11 +325,19 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
             vol = await self._existing_volume(vid)
             self._check_kind(vol, cap)
             self._check_readonly(vid, node, req.readonly)
-            step = self.attachments.publish(vid, node, cap.multi_node)
-            if "AttachmentConflict" in step.transition.hooks:
-                holders = ", ".join(self.attachments.nodes(vid))
+            try:
+                decision = await self.attachments.publish(vid, node, cap.multi_node)
+            except ClaimNotSeen as exc:
+                raise RPCError(grpc.StatusCode.ABORTED, f"{exc}; retry") from None
+            if decision.refused:
+                holders = ", ".join(decision.holders)
+                how = (
+                    "claimed first by an older VolumeAttachment on"
+                    if decision.pending
+                    else "attached to"
+                )
                 raise precondition(
-                    f"volume {vid} is attached to node {holders}; cannot attach it to {node}"
+                    f"volume {vid} is {how} node {holders}; cannot attach it to {node}"
                 )
             self._readonly[(vid, node)] = req.readonly
         return pb.ControllerPublishVolumeResponse(
@@ -376,12 +372,10 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         self, req: pb.ControllerUnpublishVolumeRequest, ctx: Any
     ) -> pb.ControllerUnpublishVolumeResponse:
         vid = required(req.volume_id, "volume_id")
-        self._leader(f"volume {shown(vid)}")
         with self.locks.hold(vid):
             # An empty node_id means: from every node (CSI spec).
-            for node in [req.node_id] if req.node_id else list(self.attachments.nodes(vid)):
-                self.attachments.unpublish(vid, node)
-                self._readonly.pop((vid, node), None)
+            for step in self.attachments.unpublish(vid, req.node_id):
+                self._readonly.pop((vid, step.payload.node), None)
         return pb.ControllerUnpublishVolumeResponse()
 
     @rpc
@@ -477,7 +471,6 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         self, req: pb.ControllerExpandVolumeRequest, ctx: Any
     ) -> pb.ControllerExpandVolumeResponse:
         vid = required(req.volume_id, "volume_id")
-        self._leader(f"volume {shown(vid)}")
         if not req.HasField("capacity_range"):
             raise invalid("capacity_range: required")
         cap = check_capability(req.volume_capability) if req.HasField("volume_capability") else None
@@ -505,7 +498,6 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         self, req: pb.CreateSnapshotRequest, ctx: Any
     ) -> pb.CreateSnapshotResponse:
         name = required(req.name, "name")
-        self._leader(f"snapshot {shown(name)}")
         src = required(req.source_volume_id, "source_volume_id")
         sid = snapshot_id(name)
         what = f"snapshot {shown(name)} ({sid})"
@@ -533,7 +525,6 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         self, req: pb.DeleteSnapshotRequest, ctx: Any
     ) -> pb.DeleteSnapshotResponse:
         sid = required(req.snapshot_id, "snapshot_id")
-        self._leader(f"snapshot {shown(sid)}")
         if not is_snapshot_id(sid):
             return pb.DeleteSnapshotResponse()
         with self.locks.hold(sid):

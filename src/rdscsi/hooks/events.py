@@ -1,7 +1,10 @@
 """Cluster events fired by machine hooks, delivered through an `EventSink`.
 
 The sink is an interface: `MemorySink` keeps events for tests and, in standalone mode,
-logs them; the Kubernetes sink (events.k8s.io/v1) plugs in the same way.
+logs them; the Kubernetes sink (events.k8s.io/v1) plugs in the same way. Every emitted
+event ends with one outcome, counted in `rds_csi_events_total{outcome}`: `sent` (posted, or
+logged standalone), `aggregated` (a repeat folded into an existing Event's series) or
+`dropped` (lost: queue full, rejected, out of retries, nothing to attach it to).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter
 
 from ..machines.attachment import AttachmentModel
 from ..machines.connection import ConnectionModel
@@ -45,15 +50,46 @@ class EventSink(Protocol):
     def emit(self, event: ClusterEvent) -> None: ...
 
 
+OUTCOMES = ("sent", "aggregated", "dropped")
+
+
+class EventMetrics:
+    """`rds_csi_events_total{outcome}`, every outcome visible at 0 from the start."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.total = Counter(
+            "rds_csi_events_total",
+            "Cluster events by outcome: sent, aggregated into a series, dropped",
+            ["outcome"],
+            registry=registry,
+        )
+        self.sent = self.total.labels("sent")
+        self.aggregated = self.total.labels("aggregated")
+        self.dropped = self.total.labels("dropped")
+
+
+def bind_metrics(sink: EventSink, registry: CollectorRegistry | None) -> None:
+    """Give a sink that counts outcomes (`bind_metrics`) its series in `registry`."""
+    bind = getattr(sink, "bind_metrics", None)
+    if bind is not None and getattr(sink, "metrics", None) is None:
+        bind(EventMetrics(registry))
+
+
 class MemorySink:
     """Keeps the most recent events (bounded) and optionally logs each one."""
 
     def __init__(self, maxlen: int = 10_000, log_events: bool = False) -> None:
         self.events: deque[ClusterEvent] = deque(maxlen=maxlen)
         self._log = log_events
+        self.metrics: EventMetrics | None = None
+
+    def bind_metrics(self, metrics: EventMetrics) -> None:
+        self.metrics = metrics
 
     def emit(self, event: ClusterEvent) -> None:
         self.events.append(event)
+        if self.metrics is not None:
+            self.metrics.sent.inc()
         if self._log:
             level = logging.WARNING if event.type == WARNING else logging.INFO
             log.log(

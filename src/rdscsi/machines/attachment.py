@@ -6,6 +6,10 @@ migration), and only until a deadline; an attachment to a node that is not ready
 `stale` and is released only with evidence (node deleted or out-of-service taint) *and* after
 the grace period; a node that comes back before that keeps its attachment.
 ControllerPublish/Unpublish send `publish`/`unpublish`; the reconciler sends the others.
+
+Times come from the cluster's objects where they exist (`AttachInput.since`): a node is
+stale from its Ready condition's last transition, a migration's deadline runs from the
+target's VolumeAttachment creation. Any replica, and the next leader, then dates them alike.
 """
 
 from __future__ import annotations
@@ -49,6 +53,13 @@ class AttachInput:
     evidence: bool = False  # reconcile: the stale node is deleted or tainted out-of-service
     grace_s: float = DEFAULT_GRACE_S
     migration_s: float = DEFAULT_MIGRATION_S
+    # When the cause happened, per the objects (node lost; migration target's attachment
+    # created), on the monotonic clock; None: now.
+    since: float | None = None
+
+    @property
+    def started(self) -> float:
+        return self.now if self.since is None else self.since
 
 
 class AttachmentMachine(StateMachine):
@@ -118,8 +129,14 @@ class AttachmentMachine(StateMachine):
 
     @staticmethod
     def can_migrate(model: AttachmentModel, p: AttachInput) -> bool:
-        # Both the stored volume and the request must be read-write-many block.
-        return model.rwx_block and p.rwx_block and p.node != model.node
+        # Both the stored volume and the request must be read-write-many block, and the
+        # target's attachment younger than the migration timeout (an expired one stays out).
+        return (
+            model.rwx_block
+            and p.rwx_block
+            and p.node != model.node
+            and p.now < p.started + p.migration_s
+        )
 
     @staticmethod
     def clearable(model: AttachmentModel, p: AttachInput) -> bool:
@@ -144,7 +161,7 @@ class AttachmentMachine(StateMachine):
     @staticmethod
     def begin_migration(model: AttachmentModel, p: AttachInput) -> None:
         model.peer = p.node
-        model.deadline = p.now + p.migration_s
+        model.deadline = p.started + p.migration_s
 
     @staticmethod
     def promote_peer(model: AttachmentModel, p: AttachInput) -> None:
@@ -156,7 +173,7 @@ class AttachmentMachine(StateMachine):
 
     @staticmethod
     def mark_stale(model: AttachmentModel, p: AttachInput) -> None:
-        model.stale_since = p.now
+        model.stale_since = p.started
 
     @staticmethod
     def unmark_stale(model: AttachmentModel, p: AttachInput) -> None:

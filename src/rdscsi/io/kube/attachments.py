@@ -1,32 +1,46 @@
-"""What the cluster records as attached: this driver's VolumeAttachments, joined to PVs.
+"""What the cluster records about this driver's attachments: VolumeAttachments and the PVs
+they name, as informer resources.
 
-Two paged lists (VolumeAttachments, then PersistentVolumes) and an in-memory join, so 10k
-attachments cost a few requests, not one GET per attachment. Used at start-up (and on
-leadership) to rebuild the attachment machines from the cluster's record.
+Only this driver's objects are kept (a VolumeAttachment whose `spec.attacher` is the driver,
+a PV whose `spec.csi.driver` is), parsed down to the few fields the controller decides on,
+so 10k attachments cost a few hundred kilobytes, not the objects' JSON. Neither resource has
+a server-side field selector for those fields, hence the filtering here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.aio.client import ApiClient, CoreV1Api, StorageV1Api
 
-from .wire import JSON, get_path, list_all
+from .informer import Resource
+from .wire import ListCall, parse_time
 
 log = logging.getLogger("rdscsi.kube.attachments")
 
 
 @dataclass(frozen=True, slots=True)
 class AttachmentView:
-    volume_id: str  # the PV's spec.csi.volumeHandle
-    node: str
+    """One of this driver's VolumeAttachments."""
+
+    name: str
+    node: str  # spec.nodeName
+    pv_name: str  # spec.source.persistentVolumeName
+    attached: bool  # status.attached: the attacher saw ControllerPublish succeed
+    created: float  # metadata.creationTimestamp, seconds since the epoch
+    deleting: bool = False  # metadata.deletionTimestamp is set: a detach is under way
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeView:
+    """One of this driver's PersistentVolumes."""
+
+    name: str
+    handle: str  # spec.csi.volumeHandle: the CSI volume id
     rwx_block: bool  # Block mode and ReadWriteMany: two nodes at once is a live migration
-    pv_name: str
-    attachment_name: str
 
 
 def is_rwx_block(pv: Mapping[str, Any]) -> bool:
@@ -35,70 +49,66 @@ def is_rwx_block(pv: Mapping[str, Any]) -> bool:
     return spec.get("volumeMode") == "Block" and "ReadWriteMany" in (spec.get("accessModes") or [])
 
 
-def join(vas: Iterable[JSON], pvs: Iterable[JSON], driver_name: str) -> list[AttachmentView]:
-    """Attached VolumeAttachments of `driver_name` with their PV's handle and mode."""
-    by_name: dict[str, JSON] = {}
-    pv: JSON | None
-    for pv in pvs:
-        name = get_path(pv, "metadata", "name")
-        if isinstance(name, str):
-            by_name[name] = pv
-    views: list[AttachmentView] = []
-    for va in vas:
-        if get_path(va, "spec", "attacher") != driver_name:
-            continue
-        # Only `attached: true` holds a volume; a pending or detached one does not.
-        if get_path(va, "status", "attached") is not True:
-            continue
-        va_name = get_path(va, "metadata", "name") or ""
-        node = get_path(va, "spec", "nodeName") or ""
-        source = get_path(va, "spec", "source") or {}
-        pv_name = source.get("persistentVolumeName")
-        if not pv_name:
-            if source.get("inlineVolumeSpec") is not None:
-                log.info("VolumeAttachment %s: inline volume spec, not ours to track", va_name)
-            else:
-                log.warning("VolumeAttachment %s has no source volume; skipped", va_name)
-            continue
-        pv = by_name.get(pv_name)
-        if pv is None:
-            # The PV is gone while its attachment lingers: without the PV there is no volume
-            # handle to key it by. The attacher's own cleanup handles it.
-            log.warning("VolumeAttachment %s: PV %s not found; skipped", va_name, pv_name)
-            continue
-        csi = get_path(pv, "spec", "csi") or {}
-        handle = csi.get("volumeHandle")
-        if csi.get("driver") not in (None, driver_name) or not handle:
-            log.warning(
-                "VolumeAttachment %s: PV %s is not a %s CSI volume; skipped",
-                va_name,
-                pv_name,
-                driver_name,
-            )
-            continue
-        if not node:
-            log.warning("VolumeAttachment %s has no node; skipped", va_name)
-            continue
-        views.append(AttachmentView(handle, node, is_rwx_block(pv), pv_name, va_name))
-    return views
-
-
-async def list_attachments(
-    api: ApiClient, driver_name: str, page_size: int = 500
-) -> list[AttachmentView]:
-    """Attachments the cluster records for `driver_name`. Raises on API errors: a partial
-    record must not be mistaken for the whole one."""
-    # Both lists at once: the server serialises one while we parse the other.
-    (vas, _), (pvs, _) = await asyncio.gather(
-        list_all(StorageV1Api(api).list_volume_attachment_without_preload_content, page_size),
-        list_all(CoreV1Api(api).list_persistent_volume_without_preload_content, page_size),
+def attachment_view(obj: Mapping[str, Any], driver: str) -> AttachmentView | None:
+    """The view of a VolumeAttachment of `driver` that names a PV; None otherwise."""
+    # Plain look-ups, no helper per field: a 10k relist spends its time here.
+    spec = obj.get("spec")
+    if not isinstance(spec, Mapping) or spec.get("attacher") != driver:
+        return None
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        return None
+    name, node = meta.get("name"), spec.get("nodeName")
+    source = spec.get("source")
+    pv_name = source.get("persistentVolumeName") if isinstance(source, Mapping) else None
+    if not (isinstance(name, str) and name and isinstance(node, str) and node):
+        return None
+    if not isinstance(pv_name, str) or not pv_name:
+        # Inline (ephemeral) CSI volumes carry their spec in the attachment: not ours to track.
+        return None
+    status = obj.get("status")
+    created = parse_time(meta.get("creationTimestamp"))
+    return AttachmentView(
+        name,
+        node,
+        pv_name,
+        isinstance(status, Mapping) and status.get("attached") is True,
+        created if created is not None else 0.0,
+        meta.get("deletionTimestamp") is not None,
     )
-    return join(vas, pvs, driver_name)
 
 
-def held_by_volume(views: Iterable[AttachmentView]) -> dict[str, list[tuple[str, bool]]]:
-    """The shape `AttachmentBook.rebuild` takes: volume id -> [(node, rwx_block)]."""
-    held: dict[str, list[tuple[str, bool]]] = {}
-    for v in views:
-        held.setdefault(v.volume_id, []).append((v.node, v.rwx_block))
-    return held
+def volume_view(obj: Mapping[str, Any], driver: str) -> VolumeView | None:
+    """The view of a PV provisioned by `driver`; None for other drivers' PVs."""
+    spec = obj.get("spec")
+    csi = spec.get("csi") if isinstance(spec, Mapping) else None
+    if not isinstance(csi, Mapping) or csi.get("driver") != driver:
+        return None
+    name = (obj.get("metadata") or {}).get("name")
+    handle = csi.get("volumeHandle")
+    if not isinstance(name, str) or not isinstance(handle, str) or not handle:
+        return None
+    return VolumeView(name, handle, is_rwx_block(obj))
+
+
+def _list_attachments(api: ApiClient) -> ListCall:
+    return StorageV1Api(api).list_volume_attachment_without_preload_content  # type: ignore[no-any-return]
+
+
+def _list_volumes(api: ApiClient) -> ListCall:
+    return CoreV1Api(api).list_persistent_volume_without_preload_content  # type: ignore[no-any-return]
+
+
+def attachments_resource(driver: str) -> Resource[AttachmentView]:
+    return Resource(
+        "volumeattachments",
+        _list_attachments,
+        lambda obj: attachment_view(obj, driver),
+        lambda v: v.name,
+    )
+
+
+def volumes_resource(driver: str) -> Resource[VolumeView]:
+    return Resource(
+        "persistentvolumes", _list_volumes, lambda obj: volume_view(obj, driver), lambda v: v.name
+    )

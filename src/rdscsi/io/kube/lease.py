@@ -39,6 +39,11 @@ Callback = Callable[[], Awaitable[None]] | Callable[[], None]
 _Record = tuple[Any, ...]
 
 
+def lease_name(driver: str) -> str:
+    """The reconciler's Lease for a driver (the namespaced Role names it in resourceNames)."""
+    return f"{driver}-controller"
+
+
 class Outcome(Enum):
     HELD = "held"  # we hold the lease (acquired or renewed)
     BUSY = "busy"  # another holder's lease has not expired (as we observe it)
@@ -104,6 +109,7 @@ class LeaderElector:
         self._leader = False
         self._last_renew = -math.inf  # monotonic start of the last successful write
         self._attempt_started = -math.inf  # monotonic start of the latest attempt
+        self._in_attempt = False
         self._observed: _Record | None = None
         self._observed_at = -math.inf  # monotonic time the observed record last changed
         self.holder = ""  # last holder seen in the Lease ("" released or unknown)
@@ -119,6 +125,19 @@ class LeaderElector:
     def renewed_at(self) -> float:
         """Monotonic time (injected clock) our last successful write started; -inf if none."""
         return self._last_renew
+
+    @property
+    def campaigning(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def settled(self) -> bool:
+        """No attempt is under way or due now (on the injected clock): for tests that move
+        a ManualClock and want every due renewal to have landed first."""
+        if not self.campaigning:
+            return True
+        due = self._attempt_started + self.retry_period
+        return not self._in_attempt and self._clock.monotonic() < due
 
     @property
     def is_leader(self) -> bool:
@@ -219,6 +238,7 @@ class LeaderElector:
     async def _bounded(self, attempt: Coroutine[Any, Any, Outcome], timeout: float) -> Outcome:
         """Run one attempt, giving up after `timeout` on the injected clock."""
         self._attempt_started = self._clock.monotonic()
+        self._in_attempt = True
         task = asyncio.ensure_future(attempt)
         expired: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -244,6 +264,7 @@ class LeaderElector:
         else:
             outcome = task.result()
         self.attempts += 1
+        self._in_attempt = False
         self.last_outcome = outcome
         return outcome
 

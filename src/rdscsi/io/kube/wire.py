@@ -7,6 +7,7 @@ handful of fields. Writes still pass model instances (the generated methods vali
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -59,6 +60,24 @@ def status_of(exc: BaseException) -> int | None:
     return None
 
 
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds the API server asked us to wait (429 Too Many Requests, 503), or None.
+
+    Retry-After is an integer number of seconds from the apiserver (its priority-and-fairness
+    and max-in-flight filters); a date form or garbage is ignored rather than trusted."""
+    if status_of(exc) not in (429, 503):
+        return None
+    headers = getattr(exc, "headers", None)
+    value = headers.get("Retry-After") if headers is not None else None
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    if seconds is None or seconds != seconds or seconds < 0:  # NaN or negative
+        return None
+    return min(seconds, 600.0)  # a broken proxy must not park us for hours
+
+
 async def read_json(resp: Any) -> JSON:
     """Body of an aiohttp response from a `*_without_preload_content` call, as a dict.
 
@@ -71,6 +90,7 @@ async def read_json(resp: Any) -> JSON:
     if not 200 <= resp.status <= 299:
         exc = ApiException(status=resp.status, reason=resp.reason)
         exc.body = body.decode(errors="replace")
+        exc.headers = resp.headers  # Retry-After, for 429 and 503
         raise exc
     data = json.loads(body) if body else {}
     if not isinstance(data, dict):
@@ -97,6 +117,25 @@ async def list_all(call: ListCall, page_size: int = 500, **kwargs: Any) -> tuple
         token = meta.get("continue") or None
         if token is None:
             return items, version
+
+
+def parse_time(value: Any) -> float | None:
+    """A metav1.Time / MicroTime string (RFC 3339) as seconds since the epoch; None if absent
+    or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    return _parse_time(value)
+
+
+@functools.lru_cache(maxsize=4096)  # objects made in the same second share a timestamp
+def _parse_time(value: str) -> float | None:
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.timestamp()
 
 
 def get_path(obj: Mapping[str, Any], *keys: str) -> Any:

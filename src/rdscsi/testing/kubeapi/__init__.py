@@ -39,20 +39,36 @@ Semantics, each as kube-apiserver has them:
   window gets one ERROR event (Status 410 Expired) and the stream ends. Objects leaving a
   selector arrive as DELETED, entering as ADDED. timeoutSeconds ends the stream cleanly.
   sendInitialEvents ends the initial batch with the k8s.io/initial-events-end BOOKMARK;
-  other bookmarks are sent on `FakeKube.bookmark()` only. A version from the future
-  starts the watch there at once (upstream may first wait up to 3 s for it).
+  with `bookmark_interval` every watch that allows bookmarks gets one that often (the watch
+  cache does so about once a minute), besides `FakeKube.bookmark()`. A version from the
+  future starts the watch there at once (upstream may first wait up to 3 s for it).
+* Authentication and authorization (with `authorizer=`): a request needs a bearer token
+  granted to a user (`grant`; 401 otherwise) and RBAC must allow it (403 with the
+  apiserver's message otherwise, recorded in `denied`): Roles, ClusterRoles and their
+  bindings, resourceNames (never matching a create; a list or watch only through a
+  metadata.name field selector), `*/subresource`, group subjects (`rbac.py`). Build the
+  authorizer from the rendered deploy/kubernetes manifests to test what ships.
+* Time from an injected clock (`clock=`): creation and deletion timestamps, periodic
+  bookmarks, and compaction by time (`compaction_interval`: each tick compacts to the
+  revision of the previous one, as the apiserver's compactor does).
+* Injected faults: `delay(seconds, resource)` (answers and watch events late),
+  `throttle(n, retry_after, resource, verb)` (429 TooManyRequests with Retry-After, as API
+  Priority and Fairness answers), `half_open(resource)` (open watches go silent and never
+  end, not even with a bookmark: only a client read timeout notices).
 * PATCH: application/json-patch+json, merge-patch+json and strategic-merge-patch+json
   (see patch.py for the strategic subset and the merge keys per kind).
 
 Error responses are logged at INFO on `rdscsi.testing.kubeapi.server` (pytest --log-level=INFO).
 
-Not implemented: authentication and authorization (every request is recorded in
-`requests` and as RBAC verbs in `accesses()` for comparison with rules instead),
-server-side apply, dryRun (rejected with 400), managedFields, pruning of unknown fields,
-namespaces as objects (any namespace exists), garbage collection, graceful deletion of
-pods, watch-cache delays, discovery endpoints, protobuf and Table output.
+Every request is also recorded in `requests`, and as RBAC attributes in `accesses()`.
+
+Not implemented: authentication other than bearer tokens, server-side apply, dryRun
+(rejected with 400), managedFields, pruning of unknown fields, namespaces as objects (any
+namespace exists), garbage collection, graceful deletion of pods, watch-cache delays,
+discovery endpoints, protobuf and Table output.
 """
 
-from .server import Access, FakeKube
+from .rbac import Access, Authorizer, User
+from .server import FakeKube
 
-__all__ = ["Access", "FakeKube"]
+__all__ = ["Access", "Authorizer", "FakeKube", "User"]

@@ -114,12 +114,15 @@ MICRO_LAYOUT = "2006-01-02T15:04:05.000000Z07:00"
 TIME_LAYOUT = "2006-01-02T15:04:05Z07:00"
 
 
-def now_time() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def now_time(at: float | None = None) -> str:
+    """metav1.Time for `at` (seconds since the epoch; None: now), whole seconds, UTC."""
+    stamp = datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def now_micro() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def now_micro(at: float | None = None) -> str:
+    stamp = datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _parse_time(value: str, micro: bool) -> str:

@@ -20,9 +20,11 @@ def node(
     ready: bool = True,
     taints: Iterable[Mapping[str, str]] = (),
     labels: Mapping[str, str] | None = None,
+    since: float | None = None,
 ) -> Obj:
-    """A Node as a kubelet registers it; taints are `{"key", "effect"[, "value"]}` dicts."""
-    stamp = now_time()
+    """A Node as a kubelet registers it; taints are `{"key", "effect"[, "value"]}` dicts.
+    `since`: when the Ready condition took its value (seconds since the epoch; None: now)."""
+    stamp = now_time(since)
     spec: Obj = {}
     if taints:
         spec["taints"] = [dict(t) for t in taints]
@@ -134,13 +136,23 @@ def pvc(
 
 
 def volume_attachment(
-    name: str, attacher: str, node: str, pv_name: str, attached: bool = True
+    name: str,
+    attacher: str,
+    node: str,
+    pv_name: str,
+    attached: bool = True,
+    created: float | None = None,
 ) -> Obj:
-    """A VolumeAttachment as the attach/detach controller makes it, status as set by an attacher."""
+    """A VolumeAttachment as the attach/detach controller makes it, status as set by an
+    attacher. `created`: its creationTimestamp (seconds since the epoch; None: FakeKube's
+    clock when stored)."""
+    meta: Obj = {"name": name}
+    if created is not None:
+        meta["creationTimestamp"] = now_time(created)
     return {
         "apiVersion": "storage.k8s.io/v1",
         "kind": "VolumeAttachment",
-        "metadata": {"name": name},
+        "metadata": meta,
         "spec": {
             "attacher": attacher,
             "nodeName": node,

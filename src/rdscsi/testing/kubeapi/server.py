@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import builtins
 import contextlib
 import copy
@@ -17,6 +18,7 @@ import logging
 import random
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,6 +28,7 @@ import yaml
 from aiohttp import web
 from kubernetes.aio import client
 
+from ...clock import Clock, LoopClock, TimerHandle
 from .kinds import (
     BY_PATH,
     Cause,
@@ -40,6 +43,7 @@ from .kinds import (
     validate_meta,
 )
 from .patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from .rbac import Access, Authorizer, User, forbidden_message
 from .selection import FieldRequirement, Requirement, labels_match, parse_fields, parse_labels
 
 Obj = dict[str, Any]
@@ -177,14 +181,26 @@ def route(path: str) -> Route | None:
     return Route(kind, namespace, name, sub)
 
 
-class Access(NamedTuple):
-    """A request as RBAC sees it."""
-
-    verb: str
-    group: str
-    resource: str  # "nodes", or "nodes/status" for a subresource
-    namespace: str
-    name: str
+def access_of(method: str, path: str, query: Mapping[str, str]) -> Access | None:
+    """A request as RBAC sees it (None: not a resource request). For list and watch, a
+    `metadata.name=` field selector names the object, as the apiserver's RBAC does."""
+    found = route(path)
+    if found is None:
+        return None
+    kind, namespace, name, sub = found
+    if method == "GET":
+        verb = "get" if name else "watch" if _flag(query.get("watch")) else "list"
+    elif method == "DELETE":
+        verb = "delete" if name else "deletecollection"
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+    if verb in ("list", "watch") and not name:
+        for part in (query.get("fieldSelector") or "").split(","):
+            key, sep, value = part.partition("=")
+            if sep and key.strip() == "metadata.name" and not key.endswith("!"):
+                name = value.lstrip("=").strip()
+    resource = f"{kind.plural}/{sub}" if sub else kind.plural
+    return Access(verb, kind.group, resource, namespace or "", name or "")
 
 
 def _flag(value: str | None) -> bool:
@@ -249,8 +265,13 @@ class Watch:
     path: str
     after: int = 0  # changes at or below the requested resourceVersion are not news
     queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    frozen: bool = False  # half-open: nothing more is written, the stream never ends
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # server stop: hang up
+    ticker: TimerHandle | None = None  # the periodic bookmark
 
     def send(self, type_: str, obj: Obj) -> None:
+        if self.frozen:
+            return
         self.queue.put_nowait(json.dumps({"type": type_, "object": obj}).encode() + b"\n")
 
     def offer(self, change: Change) -> None:
@@ -283,7 +304,8 @@ class Watch:
         )
 
     def end(self) -> None:
-        self.queue.put_nowait(None)
+        if not self.frozen:
+            self.queue.put_nowait(None)
 
 
 def _token(rv: int, start: str) -> str:
@@ -308,8 +330,32 @@ class FakeKube:
     test. `put` and `remove` are raw storage writes: no validation, no strategies.
     """
 
-    def __init__(self, history_limit: int = 1000) -> None:
+    def __init__(
+        self,
+        history_limit: int = 1000,
+        *,
+        clock: Clock | None = None,
+        authorizer: Authorizer | None = None,
+        tokens: Mapping[str, User] | None = None,
+        bookmark_interval: float | None = None,
+        compaction_interval: float | None = None,
+    ) -> None:
         self.history_limit = history_limit
+        # Timestamps (creation, deletion), periodic bookmarks and compaction run on it.
+        self.clock: Clock = clock or LoopClock()
+        # With an authorizer every request must carry a bearer token from `tokens` (401
+        # otherwise) and be allowed by RBAC (403 otherwise, recorded in `denied`).
+        self.authorizer = authorizer
+        self.tokens: dict[str, User] = dict(tokens or {})
+        self.denied: list[tuple[str, Access]] = []
+        self.bookmark_interval = bookmark_interval
+        self.compaction_interval = compaction_interval
+        self._compaction: TimerHandle | None = None
+        self._compact_mark = 0  # the resourceVersion at the previous compaction tick
+        # Injected faults: latency per resource ("" any), 429s to answer, half-open watches.
+        self.latency: dict[str, float] = {}
+        self._throttle: list[tuple[str, str, float]] = []  # (resource, verb, retry-after)
+        self.throttled = 0
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._objects: dict[str, dict[str, Obj]] = {}
         self._history: deque[Change] = deque()
@@ -318,6 +364,7 @@ class FakeKube:
         self._compacted = 0
         self._watches: set[Watch] = set()
         self._watches_changed = asyncio.Event()
+        self._key_cache: dict[str, tuple[int, int, builtins.list[str]]] = {}
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
 
@@ -343,8 +390,17 @@ class FakeKube:
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self._url = f"http://{host}:{port}"
+        if self.compaction_interval:
+            self._compaction = self.clock.call_later(self.compaction_interval, self._compact_tick)
 
     async def stop(self) -> None:
+        if self._compaction is not None:
+            self._compaction.cancel()
+            self._compaction = None
+        for watch in self._watches:
+            watch.released.set()
+            if watch.ticker is not None:
+                watch.ticker.cancel()
         self.drop_watches()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -357,23 +413,76 @@ class FakeKube:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def kubeconfig(self, path: Path) -> Path:
-        """Write a kubeconfig (no auth, plain http); given a directory, to `kubeconfig` in it."""
+    def kubeconfig(self, path: Path, token: str | None = None) -> Path:
+        """Write a kubeconfig (plain http; a bearer token when given); given a directory, to
+        `kubeconfig` in it."""
         if path.is_dir():
             path = path / "kubeconfig"
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {}}],
+            "users": [{"name": "fake", "user": {"token": token} if token else {}}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
             "current-context": "fake",
         }
         path.write_text(yaml.safe_dump(config))
         return path
 
-    def configuration(self) -> client.Configuration:
-        return client.Configuration(host=self.url)
+    def configuration(self, token: str | None = None) -> client.Configuration:
+        config = client.Configuration(host=self.url)
+        if token:
+            config.api_key = {"BearerToken": token}
+            config.api_key_prefix = {"BearerToken": "Bearer"}
+        return config
+
+    def grant(self, token: str, user: User) -> None:
+        """Let requests bearing `token` act as `user` (RBAC decides what it may do)."""
+        self.tokens[token] = user
+
+    # --- injected faults -----------------------------------------------------------------
+
+    def delay(self, seconds: float, resource: str = "") -> None:
+        """Answer requests for `resource` (plural, "" for all) `seconds` late, and hold each
+        watch event for as long: informers lag, and the windows a real cluster has open."""
+        if seconds > 0:
+            self.latency[resource] = seconds
+        else:
+            self.latency.pop(resource, None)
+
+    def throttle(
+        self, count: int = 1, retry_after: float = 1.0, resource: str = "", verb: str = ""
+    ) -> None:
+        """The next `count` matching requests get 429 Too Many Requests with Retry-After, as
+        API Priority and Fairness answers when a priority level is saturated."""
+        self._throttle += [(resource, verb, retry_after)] * count
+
+    def half_open(self, resource: str = "") -> int:
+        """Freeze the open watches (of `resource`): the connection stays up but nothing more
+        arrives, not even a bookmark, and the stream never ends: what a dead peer behind a
+        NAT or a silently dropped connection looks like. New watches are unaffected."""
+        frozen = 0
+        for watch in self._watches:
+            if not resource or watch.kind.plural == resource:
+                watch.frozen = True
+                frozen += 1
+        return frozen
+
+    def _compact_tick(self) -> None:
+        # kube-apiserver's compactor: every interval, compact to the revision it saw at the
+        # previous interval, so history lives between one and two intervals.
+        self._compact_to(self._compact_mark)
+        self._compact_mark = self._rv
+        if self.compaction_interval:
+            self._compaction = self.clock.call_later(self.compaction_interval, self._compact_tick)
+
+    def _compact_to(self, rv: int) -> None:
+        while self._history and self._history[0].rv <= rv:
+            self._history.popleft()
+        self._compacted = max(self._compacted, rv)
+
+    def _stamp(self) -> str:
+        return now_time(self.clock.wall())
 
     # --- the Python API for tests ----------------------------------------------------------
 
@@ -392,7 +501,7 @@ class FakeKube:
         old = self._objects.get(kind.bucket, {}).get(key)
         meta.setdefault("uid", old["metadata"]["uid"] if old else str(uuid.uuid4()))
         meta.setdefault(
-            "creationTimestamp", old["metadata"]["creationTimestamp"] if old else now_time()
+            "creationTimestamp", old["metadata"]["creationTimestamp"] if old else self._stamp()
         )
         return kind.from_storage(self._commit(kind, key, stored))
 
@@ -424,8 +533,7 @@ class FakeKube:
 
     def compact(self) -> None:
         """Forget all history: watches and continue tokens from older versions get 410."""
-        self._history.clear()
-        self._compacted = self._rv
+        self._compact_to(self._rv)
 
     def drop_watches(self) -> None:
         """End every open watch stream cleanly, as an apiserver restart or timeout would."""
@@ -437,6 +545,18 @@ class FakeKube:
         for watch in self._watches:
             if watch.bookmarks:
                 watch.bookmark(self._rv)
+
+    def _tick_bookmarks(self, watch: Watch) -> None:
+        """`bookmark_interval` set: each watch that allows bookmarks gets one that often (the
+        watch cache does so about once a minute), on the clock."""
+        assert self.bookmark_interval is not None
+
+        def tick() -> None:
+            if watch in self._watches:
+                watch.bookmark(self._rv)
+                watch.ticker = self.clock.call_later(self.bookmark_interval or 0.0, tick)
+
+        watch.ticker = self.clock.call_later(self.bookmark_interval, tick)
 
     def open_watches(self) -> builtins.list[str]:
         return sorted(w.path for w in self._watches)
@@ -457,20 +577,9 @@ class FakeKube:
         """The recorded requests as (verb, group, resource, namespace, name), for RBAC checks."""
         out = []
         for method, path, query in self.requests:
-            found = route(path)
-            if found is None:
-                continue
-            kind, namespace, name, sub = found
-            if method == "GET":
-                verb = "get" if name else "watch" if _flag(query.get("watch")) else "list"
-            elif method == "DELETE":
-                verb = "delete" if name else "deletecollection"
-            else:
-                verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(
-                    method, method.lower()
-                )
-            resource = f"{kind.plural}/{sub}" if sub else kind.plural
-            out.append(Access(verb, kind.group, resource, namespace or "", name or ""))
+            access = access_of(method, path, query)
+            if access is not None:
+                out.append(access)
         return out
 
     # --- storage ---------------------------------------------------------------------------
@@ -518,9 +627,13 @@ class FakeKube:
         self.requests.append((request.method, request.path, query))
         try:
             found = route(request.path)
+            access = access_of(request.method, request.path, query)
+            if self.authorizer is not None:
+                self._authorize(request, access)
             if found is None:
                 raise _no_route()
             kind, namespace, name, sub = found
+            await self._faults(kind, access)
             if "dryRun" in query:
                 raise bad_request("FakeKube does not implement dryRun")
             method = request.method
@@ -546,7 +659,51 @@ class FakeKube:
         except ApiError as err:
             # Shown with --log-level=INFO: the quickest way to see why client code got an error.
             log.info("%s %s -> %d %s", request.method, request.path_qs, err.code, err)
-            return _json(err.code, err.status)
+            response = _json(err.code, err.status)
+            retry = (err.status.get("details") or {}).get("retryAfterSeconds")
+            if err.code == 429 and retry is not None:
+                response.headers["Retry-After"] = str(retry)
+            return response
+
+    def _authorize(self, request: web.Request, access: Access | None) -> None:
+        header = request.headers.get("Authorization", "")
+        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        user = self.tokens.get(token) if token else None
+        if user is None:
+            raise ApiError(401, "Unauthorized", "Unauthorized")
+        assert self.authorizer is not None
+        if access is None or self.authorizer.allows(user, access):
+            return
+        self.denied.append((user.name, access))
+        resource = access.resource.partition("/")[0]
+        raise ApiError(
+            403,
+            "Forbidden",
+            forbidden_message(user, access),
+            _details(access.name, access.group, resource)
+            if access.name
+            else {"group": access.group, "kind": resource}
+            if access.group
+            else {"kind": resource},
+        )
+
+    async def _faults(self, kind: Kind, access: Access | None) -> None:
+        lag = self.latency.get(kind.plural, self.latency.get("", 0.0))
+        if lag:
+            await asyncio.sleep(lag)
+        for i, (resource, verb, retry) in enumerate(self._throttle):
+            if resource and resource != kind.plural:
+                continue
+            if verb and (access is None or access.verb != verb):
+                continue
+            del self._throttle[i]
+            self.throttled += 1
+            raise ApiError(
+                429,
+                "TooManyRequests",
+                "Too many requests, please try again later.",
+                {"retryAfterSeconds": int(retry) if float(retry).is_integer() else retry},
+            )
 
     def _get(self, kind: Kind, namespace: str | None, name: str) -> Obj:
         obj = self._objects.get(kind.bucket, {}).get(_key(kind, namespace, name))
@@ -645,11 +802,16 @@ class FakeKube:
         state = (
             self._state(kind.bucket, at) if at != self._rv else self._objects.get(kind.bucket, {})
         )
-        keys = sorted(k for k in state if k > start) if start else sorted(state)
+        ordered = self._sorted_keys(kind.bucket, at, state)
+        keys = ordered[bisect.bisect_right(ordered, start) :] if start else ordered
         items: list[Obj] = []
         meta: Obj = {"resourceVersion": str(at)}
+        # The page is serialised at once and never kept: a shallow view of the stored object
+        # is enough where the kind stores what it serves (the default, a deep copy, is for
+        # the objects a caller keeps).
+        shallow = kind.from_storage is copy.deepcopy
         for index, key in enumerate(keys):
-            view = kind.from_storage(state[key])
+            view = dict(state[key]) if shallow else kind.from_storage(state[key])
             if not match(view):
                 continue
             # Typed list encoding leaves TypeMeta off the items (kubernetes#63676): the
@@ -668,6 +830,16 @@ class FakeKube:
             "metadata": meta,
             "items": items,
         }
+
+    def _sorted_keys(self, bucket: str, at: int, state: dict[str, Obj]) -> builtins.list[str]:
+        """The bucket's keys in order, cached per (bucket, resourceVersion): the pages of one
+        big list do not sort it again each."""
+        cached = self._key_cache.get(bucket)
+        if cached is not None and cached[0] == at and cached[1] == len(state):
+            return cached[2]
+        ordered = sorted(state)
+        self._key_cache[bucket] = (at, len(state), ordered)
+        return ordered
 
     async def _watch(
         self, request: web.Request, kind: Kind, namespace: str | None, query: dict[str, str]
@@ -713,7 +885,10 @@ class FakeKube:
 
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.enable_chunked_encoding()
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionError:
+            return response  # the client hung up before the stream began
         # Decoded, so tests can look for e.g. "labelSelector=role=storage".
         label = request.path + ("?" + unquote(request.query_string) if request.query_string else "")
         watch = Watch(kind, match, bookmarks, label, after=0 if initial else start or 0)
@@ -738,11 +913,19 @@ class FakeKube:
                     watch.offer(change)
         self._watches.add(watch)
         self._watches_changed.set()
+        if bookmarks and self.bookmark_interval:
+            self._tick_bookmarks(watch)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        lag = self.latency.get(kind.plural, self.latency.get("", 0.0))
         try:
             while True:
                 remaining = None if deadline is None else deadline - loop.time()
+                if watch.frozen:
+                    # Half-open: the client hears nothing more, ever; only it can hang up
+                    # (or the server stopping).
+                    await watch.released.wait()
+                    return response
                 if remaining is not None and remaining <= 0:
                     break
                 try:
@@ -751,10 +934,16 @@ class FakeKube:
                     break
                 if line is None:
                     break
+                if lag:
+                    await asyncio.sleep(lag)
+                if watch.frozen:
+                    continue
                 await response.write(line)
         except ConnectionError:
             return response
         finally:
+            if watch.ticker is not None:
+                watch.ticker.cancel()
             self._watches.discard(watch)
             self._watches_changed.set()
         with contextlib.suppress(ConnectionError):
@@ -868,7 +1057,7 @@ class FakeKube:
         for system in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(system, None)
         meta["uid"] = str(uuid.uuid4())
-        meta["creationTimestamp"] = now_time()
+        meta["creationTimestamp"] = self._stamp()
         return kind.from_storage(self._commit(kind, key, stored))
 
     def _update(
@@ -1018,7 +1207,7 @@ class FakeKube:
             if not meta.get("deletionTimestamp"):
                 marked = copy.deepcopy(old)
                 marked["metadata"] |= {
-                    "deletionTimestamp": now_time(),
+                    "deletionTimestamp": self._stamp(),
                     "deletionGracePeriodSeconds": 0,
                 }
                 old = self._commit(kind, key, marked)
