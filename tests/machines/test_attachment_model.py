@@ -272,6 +272,20 @@ class AttachmentModelTest(RuleBasedStateMachine):
         self._apply(vol, "reconcile", self.models[vol].node or "", ev=evidence)
 
     @precondition(lambda self: any(m.state == "migrating" for m in self.models.values()))
+    @rule(
+        event=st.sampled_from(["publish", "unpublish", "node_lost"]),
+        who=st.sampled_from(["source", "target", "other"]),
+    )
+    def during_migration(self, event: str, who: str) -> None:
+        # A migration is rare enough that random picks may miss its corners (a third node,
+        # the target lost): aim at them.
+        vol = next(v for v, m in self.models.items() if m.state == "migrating")
+        model = self.models[vol]
+        other = next(n for n in NODES if n not in (model.node, model.peer))
+        node = {"source": model.node, "target": model.peer, "other": other}[who] or other
+        self._apply(vol, event, "".join(list(node)), rwx=RWX[vol])
+
+    @precondition(lambda self: any(m.state == "migrating" for m in self.models.values()))
     @rule(late=st.sampled_from([-0.001, 0.0, 1.0]))
     def migration_deadline(self, late: float) -> None:
         # jump to just before, at, or after a migration's deadline, then reconcile it

@@ -50,11 +50,13 @@ def free_port() -> int:
 
 
 def entrypoint() -> list[str]:
-    """The image's ENTRYPOINT, as the installed console script runs it."""
+    """The image's ENTRYPOINT, as the installed console script runs it (behind the image's
+    init, tini, which only reaps and forwards signals)."""
     text = (ROOT / "Dockerfile").read_text()
     match = re.search(r"^ENTRYPOINT\s+(\[.*\])\s*$", text, re.MULTILINE)
     assert match, "the Dockerfile has no exec-form ENTRYPOINT"
-    assert yaml.safe_load(match.group(1)) == ["rdscsi"]
+    argv = yaml.safe_load(match.group(1))
+    assert argv[-1] == "rdscsi" and argv[:-1] in ([], ["/usr/bin/tini", "--"]), argv
     return [sys.executable, "-m", "rdscsi.cli"]
 
 
@@ -121,6 +123,7 @@ def _field(ref: str, pod: dict[str, str]) -> str:
         "metadata.namespace": NAMESPACE,
         "metadata.uid": pod["uid"],
         "spec.nodeName": pod["node"],
+        "status.podIP": "127.0.0.1",  # (the host's, for a hostNetwork pod)
     }[ref]
 
 
@@ -162,16 +165,25 @@ def materialize(
                 for o in objects
                 if o["kind"] == "ConfigMap" and o["metadata"]["name"] == source["configMap"]["name"]
             )
-            config = yaml.safe_load(data[m["subPath"]])
-            # The operator's part: the appliance's address. Paths stay as shipped, resolved
-            # through the pod's mounts.
-            config["rds"]["address"], config["rds"]["port"] = sim.host, sim.port
-            for section in (config, config["rds"]):
-                for k, v in section.items():
-                    if isinstance(v, str) and v.startswith("/"):
-                        section[k] = here(v)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(yaml.safe_dump(config))
+            # a whole ConfigMap is a directory of its keys; a subPath mount one of them
+            files = (
+                {target: data[m["subPath"]]}
+                if "subPath" in m
+                else {target / k: v for k, v in data.items()}
+            )
+            for path, text in files.items():
+                if path.suffix == ".yaml":
+                    config = yaml.safe_load(text)
+                    # The operator's part: the appliance's address. Paths stay as shipped,
+                    # resolved through the pod's mounts.
+                    config["rds"]["address"], config["rds"]["port"] = sim.host, sim.port
+                    for section in (config, config["rds"]):
+                        for k, v in section.items():
+                            if isinstance(v, str) and v.startswith("/"):
+                                section[k] = here(v)
+                    text = yaml.safe_dump(config)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
         elif "secret" in source:
             target.mkdir(parents=True, exist_ok=True)
             key.write_private_key(str(target / "id_ed25519"))
