@@ -108,6 +108,9 @@ async def start_metrics(
     address: str,
     registry: CollectorRegistry,
     app: ControllerApp | NodeApp | Callable[[], tuple[bool, str]],
+    *,
+    live: Callable[[], tuple[bool, str]] | None = None,
+    scoped: tuple[frozenset[str], Callable[[], bool]] | None = None,
 ) -> MetricsServer | None:
     """The `/metrics` and `/healthz` endpoint on this loop; None when `address` is empty.
     `app` is the app whose health `/healthz` reports, or the health check itself. A port
@@ -115,7 +118,7 @@ async def start_metrics(
     if not address:
         return None
     health = app if callable(app) else health_of(app)
-    server = MetricsServer(address, registry, health)
+    server = MetricsServer(address, registry, health, live, scoped)
     try:
         await server.start()
     except OSError as exc:

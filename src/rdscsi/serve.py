@@ -11,6 +11,7 @@ from .clock import LoopClock
 from .config import DriverConfig
 from .hooks.events import MemorySink
 from .observe import MetricsServer
+from .run import start_metrics
 from .signals import until_stopped
 
 log = logging.getLogger("rdscsi.serve")
@@ -19,17 +20,15 @@ log = logging.getLogger("rdscsi.serve")
 CLUSTER_SCOPED = frozenset({"rds_csi_attachment_state", "rds_csi_node_state", "rds_csi_pool_bytes"})
 
 
-async def _metrics(
-    config: DriverConfig, app: ControllerApp | NodeApp, live: MetricsServer | None = None
-) -> MetricsServer | None:
-    if not config.metrics_address:
-        return None
+async def _metrics(config: DriverConfig, app: ControllerApp | NodeApp) -> MetricsServer | None:
+    """`/metrics`, `/livez` (the process) and `/readyz` (the appliance and the cluster view);
+    a port that cannot be bound is a one-line `StartError`."""
     scoped = None
     if isinstance(app, ControllerApp):
         scoped = (CLUSTER_SCOPED, app.leadership.exported)
-    server = MetricsServer(config.metrics_address, REGISTRY, app.ready, app.alive, scoped)
-    await server.start()
-    return server
+    return await start_metrics(
+        config.metrics_address, REGISTRY, app.ready, live=app.alive, scoped=scoped
+    )
 
 
 async def serve(config: DriverConfig) -> int:
