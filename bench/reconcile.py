@@ -220,7 +220,9 @@ async def measure_failover(lease: float = 2.0) -> dict[str, Any]:
                     controller=True,
                     kubernetes=True,
                     endpoint=f"unix://{tmp}/{name}.sock",
-                    rds=ApplianceConfig(port=9, insecure_skip_host_key_check=True),
+                    rds=ApplianceConfig(
+                        address="127.0.0.1", port=9, insecure_skip_host_key_check=True
+                    ),
                     grace_period=grace,
                     lease_duration=lease,
                     renew_deadline=lease * 0.75,
