@@ -3,6 +3,7 @@ Retry-After."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -44,29 +45,55 @@ def node(
 # --- node views -------------------------------------------------------------------------
 
 
+def decided(obj: dict[str, Any], deleted: bool = False) -> NodeView | None:
+    """The view without what only `rdscsi explain` shows (conditions, taints)."""
+    view = node_view(obj, deleted)
+    return None if view is None else dataclasses.replace(view, conditions=(), taints=())
+
+
+def test_conditions_and_taints_are_kept_for_explain_without_heartbeats() -> None:
+    obj = node(
+        ready="False", taints=[{"key": OUT_OF_SERVICE_TAINT, "value": "x", "effect": "NoExecute"}]
+    )
+    obj["status"]["conditions"][1].update(reason="NodeStatusUnknown", lastHeartbeatTime="t")
+    obj["spec"]["taints"].append({"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"})
+    view = node_view(obj)
+    assert view is not None
+    assert view.conditions == (
+        ("MemoryPressure", "False", ""),
+        ("Ready", "False", "NodeStatusUnknown"),
+    )
+    assert view.taints == (
+        f"{OUT_OF_SERVICE_TAINT}=x:NoExecute",
+        "node.kubernetes.io/unreachable:NoSchedule",
+    )
+    obj["status"]["conditions"][1]["lastHeartbeatTime"] = "later"
+    assert node_view(obj) == view  # a heartbeat alone is no change
+
+
 def test_ready_only_when_condition_is_true() -> None:
-    assert node_view(node(ready="True")) == NodeView("n1", True, False, False)
-    assert node_view(node(ready="False")) == NodeView("n1", False, False, False)
-    assert node_view(node(ready="Unknown")) == NodeView("n1", False, False, False)
-    assert node_view(node(ready=None)) == NodeView("n1", False, False, False)
+    assert decided(node(ready="True")) == NodeView("n1", True, False, False)
+    assert decided(node(ready="False")) == NodeView("n1", False, False, False)
+    assert decided(node(ready="Unknown")) == NodeView("n1", False, False, False)
+    assert decided(node(ready=None)) == NodeView("n1", False, False, False)
 
 
 def test_out_of_service_taint_with_any_effect() -> None:
     for effect in ("NoExecute", "NoSchedule", "PreferNoSchedule"):
         taints = [{"key": OUT_OF_SERVICE_TAINT, "value": "nodeshutdown", "effect": effect}]
-        view = node_view(node(ready="False", taints=taints))
+        view = decided(node(ready="False", taints=taints))
         assert view == NodeView("n1", False, True, False)
     other = [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]
-    assert node_view(node(taints=other)) == NodeView("n1", True, False, False)
+    assert decided(node(taints=other)) == NodeView("n1", True, False, False)
 
 
 def test_deleted_flag_and_malformed_objects() -> None:
-    assert node_view(node(), deleted=True) == NodeView("n1", True, False, True)
-    assert node_view({"metadata": {}}) is None
-    assert node_view({}) is None
+    assert decided(node(), deleted=True) == NodeView("n1", True, False, True)
+    assert decided({"metadata": {}}) is None
+    assert decided({}) is None
     # Missing spec/status: not ready, not tainted, no crash.
-    assert node_view({"metadata": {"name": "bare"}}) == NodeView("bare", False, False, False)
-    assert node_view({"metadata": {"name": "x"}, "status": {"conditions": ["junk", None]}}) == (
+    assert decided({"metadata": {"name": "bare"}}) == NodeView("bare", False, False, False)
+    assert decided({"metadata": {"name": "x"}, "status": {"conditions": ["junk", None]}}) == (
         NodeView("x", False, False, False)
     )
 
@@ -221,6 +248,9 @@ def test_volume_views() -> None:
     assert volume_view(pv("pv-1", "vol-1"), DRIVER) == VolumeView("pv-1", "vol-1", False)
     rwx = pv("pv-2", "vol-2", mode="Block", modes=("ReadWriteMany",))
     assert volume_view(rwx, DRIVER) == VolumeView("pv-2", "vol-2", True)
+    bound = pv("pv-3", "vol-3")
+    bound["spec"]["claimRef"] = {"kind": "PersistentVolumeClaim", "namespace": "apps", "name": "db"}
+    assert volume_view(bound, DRIVER) == VolumeView("pv-3", "vol-3", False, "apps/db")
     assert volume_view(pv("pv-x", "x", driver="ebs.csi.aws.com"), DRIVER) is None
     assert volume_view({"metadata": {"name": "nfs"}, "spec": {"nfs": {}}}, DRIVER) is None
 

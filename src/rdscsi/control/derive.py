@@ -32,6 +32,7 @@ SETTLE_LIMIT = 4  # events `settle` may send: lost -> stale -> cleared, plus one
 # their names decide.
 TIE_S = 2.0
 SETTLE_S = 5.0
+MIGRATION_CHECK = "both nodes of the migration are up: its deadline is checked"
 
 
 class Unsettled(Exception):
@@ -58,6 +59,7 @@ class Deriver:
         rwx_block: bool = False,
         evidence: bool = False,
         since: float | None = None,
+        reason: str = "",
     ) -> AttachInput:
         return AttachInput(
             now=self.clock.monotonic(),
@@ -67,6 +69,7 @@ class Deriver:
             grace_s=self.timing.grace_s,
             migration_s=self.timing.migration_s,
             since=since,
+            reason=reason,
         )
 
     def mono(self, wall: float) -> float:
@@ -103,14 +106,16 @@ class Deriver:
                 if not nodes.lost(holder):
                     break
                 since = nodes.lost_monotonic(holder)
-                steps.append(engine.send(model, "node_lost", self.input(holder, since=since)))
+                p = self.input(holder, since=since, reason=nodes.describe(holder))
+                steps.append(engine.send(model, "node_lost", p))
             elif state == "stale":
                 if nodes.ready(holder):
-                    steps.append(engine.send(model, "node_ready", self.input(holder)))
+                    p = self.input(holder, reason=nodes.describe(holder))
+                    steps.append(engine.send(model, "node_ready", p))
                     continue
-                step = engine.send(
-                    model, "reconcile", self.input(holder, evidence=nodes.evidence(holder))
-                )
+                evidence = nodes.evidence(holder)
+                p = self.input(holder, evidence=evidence, reason=nodes.describe(holder))
+                step = engine.send(model, "reconcile", p)
                 steps.append(step)
                 if step.target == "stale":
                     break
@@ -118,9 +123,10 @@ class Deriver:
                 lost = next((n for n in (model.peer, model.node) if n and nodes.lost(n)), None)
                 if lost is not None:
                     since = nodes.lost_monotonic(lost)
-                    steps.append(engine.send(model, "node_lost", self.input(lost, since=since)))
+                    p = self.input(lost, since=since, reason=nodes.describe(lost))
+                    steps.append(engine.send(model, "node_lost", p))
                     continue
-                step = engine.send(model, "reconcile", self.input(holder))
+                step = engine.send(model, "reconcile", self.input(holder, reason=MIGRATION_CHECK))
                 steps.append(step)
                 if step.target == "migrating":
                     break

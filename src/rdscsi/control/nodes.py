@@ -27,6 +27,10 @@ class NodeView:
     out_of_service: bool = False
     deleted: bool = False
     since: float | None = None  # wall time the Ready condition last changed, if known
+    # For `rdscsi explain`: each condition as (type, status, reason), each taint as
+    # "key[=value]:effect". Not read by any decision.
+    conditions: tuple[tuple[str, str, str], ...] = ()
+    taints: tuple[str, ...] = ()
 
 
 class NodeBook:
@@ -40,7 +44,7 @@ class NodeBook:
 
     def observe(self, view: NodeView) -> list[Step]:
         """Feed one view; returns the transitions it caused (none when nothing changed)."""
-        p = NodeInput(self.clock.monotonic())
+        p = NodeInput(self.clock.monotonic(), _seen(view))
         wall = self.clock.wall()
         model = self.models.get(view.name)
         if model is not None and model.state == "deleted" and not view.deleted:
@@ -88,6 +92,7 @@ class NodeBook:
         gone = [n for n, m in self.models.items() if m.state == "deleted" and n not in keep]
         for name in gone:
             self.engine.forget(self.models.pop(name))
+            self.engine.retire(name)
             self._lost_at.pop(name, None)
         for name in [n for n in self._absent_at if n not in keep]:
             del self._absent_at[name]
@@ -118,6 +123,22 @@ class NodeBook:
             return self.synced
         return model.evidence
 
+    def describe(self, node_id: str) -> str:
+        """What the driver knows of a node, in a few words: the reason its Attachment events
+        carry (shared text: the flight recorder keeps one copy per node and wording)."""
+        model = self.models.get(node_id)
+        if model is None:
+            return (
+                f"node {node_id} not in the cluster"
+                if self.synced
+                else f"node {node_id} not seen yet"
+            )
+        if model.state == "deleted":
+            return f"node {node_id} deleted"
+        state = {"ready": "Ready", "not_ready": "not Ready", "new": "not seen Ready yet"}
+        text = f"node {node_id} {state.get(model.state or '', model.state)}"
+        return text + (", tainted out-of-service" if model.out_of_service else "")
+
     def lost_since(self, node_id: str) -> float | None:
         """Wall time the node was lost (None while it is not lost). A name never seen is
         dated from the first time it was asked about after the full listing."""
@@ -136,6 +157,14 @@ class NodeBook:
         if at is None:
             return None
         return to_monotonic(self.clock, at)
+
+
+def _seen(view: NodeView) -> str:
+    """What one Node object showed (the Node events' reason)."""
+    if view.deleted:
+        return "the Node object is gone"
+    text = "Ready" if view.ready else "Ready condition not True"
+    return text + (", out-of-service taint" if view.out_of_service else "")
 
 
 def to_monotonic(clock: Clock, wall: float) -> float:

@@ -71,8 +71,11 @@ class AttachmentBook:
                 if mine is not None and not mine.key.startswith(INFLIGHT_PREFIX)
                 else None
             )
+            reason = f"ControllerPublishVolume for node {node}" + (
+                " (read-write-many block)" if rwx_block else ""
+            )
             step = self.engine.send(
-                model, "publish", self.deriver.input(node, rwx_block, since=since)
+                model, "publish", self.deriver.input(node, rwx_block, since=since, reason=reason)
             )
             refused = "AttachmentConflict" in step.transition.hooks
             if not refused:
@@ -89,7 +92,13 @@ class AttachmentBook:
         steps: list[Step] = []
         try:
             for n in [node] if node else list(model.nodes):
-                steps.append(self.engine.send(model, "unpublish", self.deriver.input(n)))
+                reason = (
+                    f"ControllerUnpublishVolume from node {n}"
+                    if node
+                    else (f"ControllerUnpublishVolume from every node ({n})")
+                )
+                p = self.deriver.input(n, reason=reason)
+                steps.append(self.engine.send(model, "unpublish", p))
                 self.record.unpublished(volume_id, n)
         finally:
             self.engine.forget(model)
@@ -102,3 +111,4 @@ class AttachmentBook:
     def forget(self, volume_id: str) -> None:
         """The volume is deleted."""
         self.record.forget(volume_id)
+        self.engine.retire(volume_id)

@@ -23,7 +23,7 @@ import logging
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +303,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     ) -> tuple[NodeVolumeModel, Step]:
         model = self._restore(volume_id, obs.state)
         model.reason = obs.reason
+        if obs.reason and not p.reason:
+            p = replace(p, reason=obs.reason)
         try:
             return model, self.engine.send(model, event, p)
         except TransitionNotAllowed:

@@ -18,6 +18,7 @@ from ..machines import (
 from ..machines.engine import Engine, compile_machine
 from .events import EventListener, EventSink
 from .metrics import MachineMetrics, MetricsListener
+from .recorder import FlightRecorder
 from .triggers import Reconciler, TriggerListener
 
 
@@ -28,6 +29,7 @@ class Machines:
     attachment: Engine
     node_volume: Engine
     metrics: MachineMetrics
+    recorder: FlightRecorder  # the last transitions of every object (`rdscsi explain`)
 
 
 def build_machines(
@@ -37,16 +39,21 @@ def build_machines(
     registry: CollectorRegistry = REGISTRY,
     extra_listeners: Iterable[object] = (),
 ) -> Machines:
-    """Engines sharing one set of listeners: metrics, cluster events, reconcile triggers."""
+    """Engines sharing one set of listeners: the flight recorder, metrics, cluster events,
+    reconcile triggers."""
     defs = [compile_machine(c) for c in MACHINES]
     metrics = MachineMetrics(defs, registry)
+    recorder = FlightRecorder()
+    for d in defs:
+        recorder.bind(d)
     events = EventListener(sink)
     triggers = TriggerListener(trigger)
     extra = tuple(extra_listeners)
 
     def engine(cls: type) -> Engine:
         d = compile_machine(cls)
-        listeners = (MetricsListener(metrics, d), *extra, events, triggers)
+        # The recorder first: a transition is on record even when a later hook fails.
+        listeners = (recorder, MetricsListener(metrics, d), *extra, events, triggers)
         return Engine(d, listeners, clock.monotonic)
 
     return Machines(
@@ -55,4 +62,5 @@ def build_machines(
         attachment=engine(AttachmentMachine),
         node_volume=engine(NodeVolumeMachine),
         metrics=metrics,
+        recorder=recorder,
     )

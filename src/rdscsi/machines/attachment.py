@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from statemachine import State, StateMachine
 
 from .engine import FSMModel
+from .guards import After, Before, Evidence, Fact, explained
 
 DEFAULT_GRACE_S = 30.0
 DEFAULT_MIGRATION_S = 300.0
@@ -56,6 +57,7 @@ class AttachInput:
     # When the cause happened, per the objects (node lost; migration target's attachment
     # created), on the monotonic clock; None: now.
     since: float | None = None
+    reason: str = ""  # why it was sent, as the flight recorder keeps it
 
     @property
     def started(self) -> float:
@@ -114,20 +116,60 @@ class AttachmentMachine(StateMachine):
     )
     # fmt: on
 
+    # Who sends each event: what `rdscsi explain` and specs/ say starts it.
+    sent_by = {
+        "publish": "ControllerPublishVolume for node {p.node} (the attacher acts on its VolumeAttachment)",
+        "unpublish": "ControllerUnpublishVolume from node {p.node} (its VolumeAttachment is deleted)",
+        "node_lost": "the reconciler: node {p.node} went NotReady or was deleted",
+        "node_ready": "the reconciler: node {p.node} is Ready again",
+        "reconcile": "the reconciler's pass (the leader: on a change, at a deadline, every resync)",
+    }
+
     # --- guards -----------------------------------------------------------------------------------
     @staticmethod
+    @explained(
+        "node {p.node} holds the volume",
+        Fact(
+            lambda m, p: m.node == p.node,
+            "node {p.node} is the holder (the holder is {model.node})",
+        ),
+    )
     def on_node(model: AttachmentModel, p: AttachInput) -> bool:
         return model.node == p.node
 
     @staticmethod
+    @explained(
+        "node {p.node} is the migration's target",
+        Fact(
+            lambda m, p: m.peer == p.node,
+            "node {p.node} is the migration's target (the target is {model.peer})",
+        ),
+    )
     def on_peer(model: AttachmentModel, p: AttachInput) -> bool:
         return model.peer == p.node
 
     @staticmethod
+    @explained(
+        "node {p.node} is the migration's source or target",
+        Fact(
+            lambda m, p: p.node in (m.node, m.peer),
+            "node {p.node} is one of the migration's nodes ({model.node}, {model.peer})",
+        ),
+    )
     def on_either(model: AttachmentModel, p: AttachInput) -> bool:
         return p.node in (model.node, model.peer)
 
     @staticmethod
+    @explained(
+        "a live migration to node {p.node} may begin",
+        Fact(lambda m, p: m.rwx_block, "the volume is read-write-many block (only those migrate)"),
+        Fact(lambda m, p: p.rwx_block, "the request is for read-write-many block access"),
+        Fact(lambda m, p: p.node != m.node, "node {p.node} is not already the holder"),
+        Before(
+            lambda m, p: p.started + p.migration_s - p.now,
+            "the migration window ({p.migration_s:g} s from node {p.node}'s VolumeAttachment)",
+        ),
+    )
     def can_migrate(model: AttachmentModel, p: AttachInput) -> bool:
         # Both the stored volume and the request must be read-write-many block, and the
         # target's attachment younger than the migration timeout (an expired one stays out).
@@ -139,11 +181,30 @@ class AttachmentMachine(StateMachine):
         )
 
     @staticmethod
+    @explained(
+        "node {model.node} is proven gone and its grace period is over",
+        Evidence(
+            lambda m, p: p.evidence,
+            "evidence that node {model.node} is gone: the Node deleted, or tainted "
+            "node.kubernetes.io/out-of-service",
+        ),
+        After(
+            lambda m, p: None if m.stale_since is None else p.grace_s - (p.now - m.stale_since),
+            "the grace period ({p.grace_s:g} s from when node {model.node} was lost)",
+        ),
+    )
     def clearable(model: AttachmentModel, p: AttachInput) -> bool:
         since = model.stale_since
         return p.evidence and since is not None and p.now - since >= p.grace_s
 
     @staticmethod
+    @explained(
+        "the migration's deadline has passed",
+        After(
+            lambda m, p: None if m.deadline is None else m.deadline - p.now,
+            "the migration's deadline (node {model.peer} must take over or let go by then)",
+        ),
+    )
     def deadline_passed(model: AttachmentModel, p: AttachInput) -> bool:
         return model.deadline is not None and p.now >= model.deadline
 

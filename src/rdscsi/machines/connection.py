@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from statemachine import State, StateMachine
 
 from .engine import FSMModel
+from .guards import After
 
 BACKOFF_STEPS = (1.0, 2.0, 4.0, 8.0, 16.0)
 BACKOFF_CAP = BACKOFF_STEPS[-1]
@@ -45,6 +46,7 @@ class ConnectionModel(FSMModel):
 class ConnInput:
     now: float = 0.0
     jitter: float = 0.0  # uniform in [-1, 1], drawn by the adapter from its injected RNG
+    reason: str = ""  # why it was sent (a dial's failure, the lost link's cause)
 
 
 class ConnectionMachine(StateMachine):
@@ -89,6 +91,26 @@ class ConnectionMachine(StateMachine):
         | reconnecting.to(closed)                                                                         # shutdown during a redial
     )
     # fmt: on
+
+    # Who sends each event: what `rdscsi explain` and specs/ say starts it.
+    sent_by = {
+        "dial": "the adapter's start",
+        "succeeded": "the SSH handshake and login completed",
+        "failed": "the dial failed (refused, timed out, host key or login refused)",
+        "lost": "the SSH connection closed, or the health command failed",
+        "retry": "the adapter: at once after a loss, else when the backoff timer fires",
+        "close": "the driver shutting down",
+    }
+    # What time moves a waiting state on (the adapter arms the timer on entering it).
+    timers = {
+        "backoff": (
+            "retry",
+            After(
+                lambda m, p: m.entered_at + m.delay - p.now,
+                "the backoff timer ({model.delay:.1f} s after failed attempt {model.attempt})",
+            ),
+        ),
+    }
 
     # --- actions (pure model updates) -----------------------------------------------------------
     @staticmethod

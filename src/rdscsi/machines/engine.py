@@ -222,6 +222,9 @@ class Step:
     payload: Any
     now: float
     previous_entered_at: float
+    # The guard results that decided: each candidate tried before the one taken, as
+    # (its transition index, position in its `conds` of the guard that refused it).
+    refused: tuple[tuple[int, int], ...] = ()
 
     @property
     def source(self) -> str:
@@ -299,10 +302,18 @@ class Engine:
         return model
 
     def forget(self, model: FSMModel) -> None:
-        """Stop tracking a model (its object is gone)."""
+        """Stop tracking a model (this instance: the object may be restored again)."""
         for fn in self._forget:
             if fn is not None:
                 fn(self.definition.name, model)
+
+    def retire(self, key: str) -> None:
+        """The object `key` is gone for good (a volume deleted, a node gone): listeners that
+        keep per-object state past `forget` (the flight recorder) let go of it."""
+        for listener in self.listeners:
+            fn = getattr(listener, "on_retire", None)
+            if fn is not None:
+                fn(self.definition.name, key)
 
     def allowed(self, model: FSMModel, event: str, payload: Any = None) -> Transition | None:
         """The transition `event` would take now, or None; runs guards, changes nothing."""
@@ -319,19 +330,26 @@ class Engine:
         candidates = self.definition.table.get((state, event))
         if candidates is None:
             raise TransitionNotAllowed(self.definition.name, model.key, state, event)
+        refused: tuple[tuple[int, int], ...] = ()
         for tr, guards, actions in candidates:
-            for guard, want in guards:
-                if bool(guard(model, payload)) is not want:
+            for pair in guards:
+                if bool(pair[0](model, payload)) is not pair[1]:
+                    refused = (*refused, (tr.index, guards.index(pair)))
                     break
             else:
-                return self._take(model, tr, actions, payload)
-        refused = ", ".join(t.guard_text for t, _, _ in candidates)
+                return self._take(model, tr, actions, payload, refused)
+        text = ", ".join(t.guard_text for t, _, _ in candidates)
         raise TransitionNotAllowed(
-            self.definition.name, model.key, state, event, f"guards refused ({refused})"
+            self.definition.name, model.key, state, event, f"guards refused ({text})"
         )
 
     def _take(
-        self, model: FSMModel, tr: Transition, actions: tuple[Action, ...], payload: Any
+        self,
+        model: FSMModel,
+        tr: Transition,
+        actions: tuple[Action, ...],
+        payload: Any,
+        refused: tuple[tuple[int, int], ...] = (),
     ) -> Step:
         now = self._now()
         if actions:
@@ -343,7 +361,7 @@ class Engine:
                 for k, v in saved.items():
                     setattr(model, k, v)
                 raise ActionFailed(self.definition.name, model.key, tr, exc) from exc
-        step = Step(self.definition.name, model, tr, payload, now, model.entered_at)
+        step = Step(self.definition.name, model, tr, payload, now, model.entered_at, refused)
         model.state = tr.target
         if tr.source != tr.target:
             model.entered_at = now
@@ -356,6 +374,40 @@ class Engine:
         if errors:
             raise HookFailed(self.definition.name, model.key, tr, errors)
         return step
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One transition `event` could take from the model's state, with every guard's result
+    (all evaluated, none short-circuited): what `evaluate` reports."""
+
+    transition: Transition
+    results: tuple[tuple[str, bool, bool], ...]  # (guard, expected, got)
+
+    @property
+    def passes(self) -> bool:
+        return all(got is want for _, want, got in self.results)
+
+    @property
+    def refusing(self) -> tuple[str, ...]:
+        """The guards that refuse it."""
+        return tuple(name for name, want, got in self.results if got is not want)
+
+
+def evaluate(definition: MachineDef, model: FSMModel, event: str, payload: Any) -> list[Candidate]:
+    """What `event` would do now, changing nothing: the candidates in the order they are
+    tried, up to and including the first that passes (the one `send` would take)."""
+    out: list[Candidate] = []
+    for tr, guards, _ in definition.table.get((model.state or "", event), ()):
+        results = tuple(
+            (name, want, bool(guard(model, payload)))
+            for (name, want), (guard, _w) in zip(tr.conds, guards, strict=True)
+        )
+        candidate = Candidate(tr, results)
+        out.append(candidate)
+        if candidate.passes:
+            break
+    return out
 
 
 def _zero() -> float:

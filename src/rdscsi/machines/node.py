@@ -37,6 +37,7 @@ class NodeModel(FSMModel):
 @dataclass(frozen=True, slots=True)
 class NodeInput:
     now: float = 0.0
+    reason: str = ""  # what the Node object showed
 
 
 class NodeMachine(StateMachine):
@@ -72,6 +73,15 @@ class NodeMachine(StateMachine):
         | not_ready.to(deleted, after="reconcile")                                                        # the usual death: evidence
     )
     # fmt: on
+
+    # Who sends each event: the Node informer (standalone: the configured nodes).
+    sent_by = {
+        "became_ready": "the Node's Ready condition turned True",
+        "became_not_ready": "the Node's Ready condition is False or Unknown",
+        "taint_out_of_service": "the node.kubernetes.io/out-of-service taint was added",
+        "untaint_out_of_service": "the node.kubernetes.io/out-of-service taint was removed",
+        "delete": "the Node object was deleted (or is absent from a full listing)",
+    }
 
     @staticmethod
     def set_out_of_service(model: NodeModel, p: NodeInput) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from statemachine import State, StateMachine
 
 from .engine import FSMModel
+from .guards import Evidence, Fact, explained
 
 
 class NodeVolumeModel(FSMModel):
@@ -37,6 +38,7 @@ class NodeVolumeInput:
     block: bool = False  # a raw block volume (no filesystem, no staging mount)
     other_targets: int = 0  # publish mounts other than `target_path`
     repairable: bool = True  # uncertain: nothing in use stands in the way of a repair
+    reason: str = ""  # what the node showed, when it was in no clean state
 
 
 class NodeVolumeMachine(StateMachine):
@@ -89,14 +91,38 @@ class NodeVolumeMachine(StateMachine):
     )
     # fmt: on
 
+    # Who sends each event: the node service, after observing the node (the CSI call's).
+    sent_by = {
+        "stage": "NodeStageVolume",
+        "unstage": "NodeUnstageVolume",
+        "publish": "NodePublishVolume",
+        "unpublish": "NodeUnpublishVolume",
+        "interrupted": "a node step failed or timed out half-way",
+    }
+
     @staticmethod
+    @explained(
+        "nothing on the node stands in the way of a repair",
+        Evidence(
+            lambda m, p: p.repairable,
+            "no pod target still mounted from the volume (kubelet unpublishes them first)",
+        ),
+    )
     def repairable(model: NodeVolumeModel, p: NodeVolumeInput) -> bool:
         return p.repairable
 
     @staticmethod
+    @explained(
+        "the volume is raw block",
+        Fact(lambda m, p: p.block, "the volume is raw block (no filesystem, no staging mount)"),
+    )
     def block(model: NodeVolumeModel, p: NodeVolumeInput) -> bool:
         return p.block
 
     @staticmethod
+    @explained(
+        "other pod targets still use the volume",
+        Fact(lambda m, p: p.other_targets > 0, "another pod target is published on this node"),
+    )
     def others_remain(model: NodeVolumeModel, p: NodeVolumeInput) -> bool:
         return p.other_targets > 0

@@ -41,6 +41,7 @@ class VolumeView:
     name: str
     handle: str  # spec.csi.volumeHandle: the CSI volume id
     rwx_block: bool  # Block mode and ReadWriteMany: two nodes at once is a live migration
+    claim: str = ""  # spec.claimRef as "<namespace>/<name>": the PVC (for `rdscsi explain`)
 
 
 def is_rwx_block(pv: Mapping[str, Any]) -> bool:
@@ -88,7 +89,11 @@ def volume_view(obj: Mapping[str, Any], driver: str) -> VolumeView | None:
     handle = csi.get("volumeHandle")
     if not isinstance(name, str) or not isinstance(handle, str) or not handle:
         return None
-    return VolumeView(name, handle, is_rwx_block(obj))
+    ref = spec.get("claimRef") if isinstance(spec, Mapping) else None
+    claim = ""
+    if isinstance(ref, Mapping) and isinstance(ref.get("name"), str):
+        claim = f"{ref.get('namespace') or ''}/{ref['name']}"
+    return VolumeView(name, handle, is_rwx_block(obj), claim)
 
 
 def _list_attachments(api: ApiClient) -> ListCall:

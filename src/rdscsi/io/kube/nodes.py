@@ -38,7 +38,19 @@ def node_view(obj: Mapping[str, Any], deleted: bool = False) -> NodeView | None:
     out_of_service = any(
         isinstance(t, Mapping) and t.get("key") == OUT_OF_SERVICE_TAINT for t in taints
     )
-    return NodeView(name, ready, out_of_service, deleted, since)
+    # Shown by `rdscsi explain`; heartbeat times are left out so that only real changes
+    # change the view.
+    shown_conditions = tuple(
+        (str(c.get("type")), str(c.get("status")), str(c.get("reason") or ""))
+        for c in conditions
+        if isinstance(c, Mapping) and c.get("type")
+    )
+    shown_taints = tuple(
+        f"{t.get('key')}" + (f"={t['value']}" if t.get("value") else "") + f":{t.get('effect')}"
+        for t in taints
+        if isinstance(t, Mapping) and t.get("key")
+    )
+    return NodeView(name, ready, out_of_service, deleted, since, shown_conditions, shown_taints)
 
 
 def _list_nodes(api: ApiClient) -> ListCall:

@@ -204,9 +204,9 @@ class RDSConnection:
         async with self._state_changed:
             await self._state_changed.wait_for(predicate)
 
-    async def _send(self, event: str) -> None:
+    async def _send(self, event: str, reason: str = "") -> None:
         jitter = self.rng.uniform(-1.0, 1.0)
-        self.engine.send(self.model, event, ConnInput(self.clock.monotonic(), jitter))
+        self.engine.send(self.model, event, ConnInput(self.clock.monotonic(), jitter, reason))
         async with self._state_changed:
             self._state_changed.notify_all()
 
@@ -260,7 +260,7 @@ class RDSConnection:
         except Exception as exc:
             log.warning("RDS %s: dial failed: %s", cfg.name, _why(exc))
             if self.model.state in ("connecting", "reconnecting"):
-                await self._send("failed")
+                await self._send("failed", _why(exc))
                 self._arm_retry()
             return
         if self.model.state not in ("connecting", "reconnecting"):
@@ -293,11 +293,11 @@ class RDSConnection:
         if self.model.state != "connected":
             return
         log.warning("RDS %s: connection lost: %s", self.config.name, _why(exc))
-        asyncio.get_running_loop().create_task(self._after_loss())
+        asyncio.get_running_loop().create_task(self._after_loss(_why(exc)))
 
-    async def _after_loss(self) -> None:
+    async def _after_loss(self, why: str = "") -> None:
         if self.model.state == "connected":
-            await self._send("lost")
+            await self._send("lost", why)
             await self._retry()
 
     async def _health_loop(self) -> None:
