@@ -243,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(p)
     p.set_defaults(func=_serve)
 
+    from .explain.client import add_parser as add_explain
+
+    add_explain(sub)  # `explain`: asks a running driver's /debug/explain (explain/client.py)
+
     from .io.host.identity import add_parser as add_node_init
 
     add_node_init(sub)  # `node-init`: the node plugin's init container (io/host/identity.py)

@@ -9,6 +9,7 @@ stopped with the app. It serves:
   kubelet restarts the container on failure; an appliance outage is not one.
 - `/readyz` (and `/healthz`, the same): readiness, the appliance connection is up (and, in a
   cluster, the informers' view is current). An outage shows as a not-ready pod.
+- `/debug/explain`: read-only JSON, why an object is where it is (`rdscsi.explain`).
 
 `GrpcMetrics` is a grpc.aio server interceptor recording
 `rds_csi_grpc_requests_total{method,code}` and `rds_csi_grpc_request_duration_seconds{method}`
@@ -19,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -38,6 +40,7 @@ from prometheus_client import (
 log = logging.getLogger("rdscsi.observe")
 
 Health = Callable[[], tuple[bool, str]]
+Explain = Callable[[Mapping[str, str]], Awaitable[tuple[int, dict[str, Any]]]]
 
 RPC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -92,8 +95,10 @@ class MetricsServer:
         health: Health,
         live: Health | None = None,
         scoped: tuple[frozenset[str], Callable[[], bool]] | None = None,
+        explain: Explain | None = None,
     ) -> None:
         self.host, self._port = split_address(address)
+        self.explain = explain
         self.registry = registry
         self.health = health
         self.live: Health = live or (lambda: (True, "ok"))
@@ -121,6 +126,7 @@ class MetricsServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._healthz)
         app.router.add_get("/livez", self._livez)
+        app.router.add_get("/debug/explain", self._explain)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
@@ -145,6 +151,18 @@ class MetricsServer:
 
     async def _livez(self, request: web.Request) -> web.Response:
         return _answer(self.live)
+
+    async def _explain(self, request: web.Request) -> web.Response:
+        if self.explain is None:
+            status, body = 404, {"error": "this process has nothing to explain"}
+        else:
+            try:
+                status, body = await self.explain(request.query)
+            except Exception as exc:  # a bug in an explanation must not look like a hang
+                log.exception("/debug/explain failed")
+                status, body = 500, {"error": f"explain failed: {type(exc).__name__}: {exc}"}
+        text = json.dumps(body, indent=1, sort_keys=False) + "\n"
+        return web.Response(status=status, text=text, content_type="application/json")
 
 
 def _answer(check: Health) -> web.Response:

@@ -22,18 +22,19 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from .app import ControllerApp, NodeApp, build_controller
 from .clock import LoopClock
 from .config import ApplianceConfig, DriverConfig
+from .explain.service import Explainer, for_controller
 from .hooks.events import MemorySink
-from .observe import MetricsServer, split_address
+from .observe import Explain, MetricsServer, split_address
 from .signals import until_stopped
 from .sim import SimConfig, Simulator
 from .sim.control import CONTROL_SOCKET, ControlServer
@@ -111,6 +112,7 @@ async def start_metrics(
     *,
     live: Callable[[], tuple[bool, str]] | None = None,
     scoped: tuple[frozenset[str], Callable[[], bool]] | None = None,
+    explain: Explain | None = None,
 ) -> MetricsServer | None:
     """The `/metrics` and `/healthz` endpoint on this loop; None when `address` is empty.
     `app` is the app whose health `/healthz` reports, or the health check itself. A port
@@ -118,7 +120,7 @@ async def start_metrics(
     if not address:
         return None
     health = app if callable(app) else health_of(app)
-    server = MetricsServer(address, registry, health, live, scoped)
+    server = MetricsServer(address, registry, health, live, scoped, explain)
     try:
         await server.start()
     except OSError as exc:
@@ -230,10 +232,18 @@ async def _run(
     placeholder = ApplianceConfig(address="127.0.0.1", insecure_skip_host_key_check=True)
     _config(options, state_dir, node, placeholder, sim_dir).prepare()
     apps: list[ControllerApp] = []
+
+    async def explain(query: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        if not apps:
+            return 503, {"error": "starting"}
+        return await explainers.setdefault(0, for_controller(apps[0])).answer(query)
+
+    explainers: dict[int, Explainer] = {}
     metrics = await start_metrics(
         options.metrics_address,
         REGISTRY,
         lambda: health_of(apps[0])() if apps else (False, "starting"),
+        explain=explain,
     )
     if metrics is not None:
         stack.push_async_callback(metrics.stop)

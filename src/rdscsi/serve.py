@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY
 
 from .app import ControllerApp, NodeApp, build_controller, build_node
 from .clock import LoopClock
 from .config import DriverConfig
+from .explain.service import bind_cluster, for_controller
 from .hooks.events import MemorySink
 from .observe import MetricsServer
 from .run import start_metrics
 from .signals import until_stopped
+
+if TYPE_CHECKING:
+    from .cluster import ClusterBinding
 
 log = logging.getLogger("rdscsi.serve")
 
@@ -20,14 +25,21 @@ log = logging.getLogger("rdscsi.serve")
 CLUSTER_SCOPED = frozenset({"rds_csi_attachment_state", "rds_csi_node_state", "rds_csi_pool_bytes"})
 
 
-async def _metrics(config: DriverConfig, app: ControllerApp | NodeApp) -> MetricsServer | None:
-    """`/metrics`, `/livez` (the process) and `/readyz` (the appliance and the cluster view);
-    a port that cannot be bound is a one-line `StartError`."""
+async def _metrics(
+    config: DriverConfig, app: ControllerApp | NodeApp, binding: ClusterBinding | None = None
+) -> MetricsServer | None:
+    """`/metrics`, `/livez` (the process), `/readyz` (the appliance and the cluster view) and
+    `/debug/explain`; a port that cannot be bound is a one-line `StartError`."""
     scoped = None
+    explain = None
     if isinstance(app, ControllerApp):
         scoped = (CLUSTER_SCOPED, app.leadership.exported)
+        explainer = for_controller(app)
+        if binding is not None:
+            bind_cluster(explainer, binding)
+        explain = explainer.answer
     return await start_metrics(
-        config.metrics_address, REGISTRY, app.ready, live=app.alive, scoped=scoped
+        config.metrics_address, REGISTRY, app.ready, live=app.alive, scoped=scoped, explain=explain
     )
 
 
@@ -79,7 +91,7 @@ async def _serve_in_cluster(config: DriverConfig, clock: LoopClock) -> int:
     )
     app = build_controller(config, clock, sink, REGISTRY, identity=identity)
     binding = ClusterBinding(app, api, sink, clock, identity, registry=REGISTRY)
-    metrics = await _metrics(config, app)
+    metrics = await _metrics(config, app, binding)
     sink.start()
     await app.start(serve=False, lead=False)
     await binding.start()  # the socket opens once the informers have synced
