@@ -16,6 +16,11 @@ def _diagrams(args: argparse.Namespace) -> int:
     from .machines import diagrams
 
     out = Path(args.out)
+    try:
+        diagrams.expected_text()
+    except diagrams.Unexplained as exc:
+        print(f"rdscsi diagrams: {exc}", file=sys.stderr)
+        return 1
     if args.check:
         report = diagrams.check(out)
         for line in report.notes:
