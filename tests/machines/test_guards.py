@@ -29,8 +29,8 @@ from rdscsi.machines import (
     NodeVolumeModel,
     TransitionNotAllowed,
     compile_machine,
+    diagrams,
 )
-from rdscsi.machines import diagrams
 from rdscsi.machines.engine import evaluate
 from rdscsi.machines.guards import ATTRIBUTE, doc_of, explained, fill, guard_names, unexplained
 
