@@ -4,6 +4,12 @@ Prints {"events_per_s", "build_10k_s", "build_10k_mb", "restore_10k_s", ...} wit
 Targets (issue 2): events_per_s >= 20,000 with every listener attached; 10k attachment
 machines built in <= 1 s and <= 50 MB; 10k restored from stored state in <= 1 s. The library's
 own engine is measured in the same run for a ratio that does not depend on the machine's load.
+
+The flight recorder (issue 16): `recorder_10k_mb`, what it holds for 10k volumes with their
+last 16 transitions each (target <= 20 MB), and `events_per_s_with_recorder`, the engine with
+only the recorder attached (target >= 100,000), beside `events_per_s_engine`, the same engine
+with no listener, measured in the same run (`recorder_cost_us` per transition). These two are
+timed in process CPU time, so that other processes on the machine do not count.
 """
 
 from __future__ import annotations
@@ -19,8 +25,15 @@ from prometheus_client import CollectorRegistry
 
 from rdscsi.clock import ManualClock
 from rdscsi.hooks.events import MemorySink
+from rdscsi.hooks.recorder import DEPTH, FlightRecorder
 from rdscsi.hooks.wiring import build_machines
-from rdscsi.machines import AttachInput, AttachmentMachine, AttachmentModel, compile_machine
+from rdscsi.machines import (
+    AttachInput,
+    AttachmentMachine,
+    AttachmentModel,
+    Engine,
+    compile_machine,
+)
 
 VOLUMES = 10_000
 NODES = 1_000
@@ -87,6 +100,70 @@ def events_per_s(n_events: int) -> float:
     return done / (time.perf_counter() - t0)
 
 
+CYCLE = ("publish", "node_lost", "node_ready", "unpublish")
+
+
+def _payloads(n: int) -> dict[str, list[AttachInput]]:
+    """Per event, one input per volume, with the reasons the driver gives (shared per node)."""
+    reasons = {
+        "publish": "ControllerPublishVolume for node {}",
+        "node_lost": "node {} not Ready",
+        "node_ready": "node {} Ready",
+        "unpublish": "ControllerUnpublishVolume from node {}",
+    }
+    return {
+        e: [
+            AttachInput(now=1.0, node=f"node-{i % NODES}", reason=r.format(f"node-{i % NODES}"))
+            for i in range(n)
+        ]
+        for e, r in reasons.items()
+    }
+
+
+def engine_events_per_s(n_events: int, recorder: bool) -> float:
+    """The same cycle on the bare engine, alone or with the flight recorder (CPU time)."""
+    d = compile_machine(AttachmentMachine)
+    listeners: list[object] = []
+    if recorder:
+        rec = FlightRecorder()
+        rec.bind(d)
+        listeners.append(rec)
+    eng = Engine(d, listeners)
+    vols = [eng.track(AttachmentModel(f"pvc-{i}")) for i in range(1000)]
+    payloads = _payloads(len(vols))
+    gc.collect()
+    t0 = time.process_time()
+    done = 0
+    while done < n_events:
+        for event in CYCLE:
+            for vol, p in zip(vols, payloads[event], strict=True):
+                eng.send(vol, event, p)
+            done += len(vols)
+    return done / (time.process_time() - t0)
+
+
+def recorder_mb(n: int) -> float:
+    """What the recorder holds for n volumes with DEPTH transitions each."""
+    d = compile_machine(AttachmentMachine)
+    rec = FlightRecorder()
+    rec.bind(d)
+    eng = Engine(d, [rec])
+    vols = [eng.track(AttachmentModel(f"pvc-{i:08d}")) for i in range(n)]
+    payloads = _payloads(n)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for k in range(DEPTH):
+        event = ("publish", "unpublish")[k % 2]
+        for vol, p in zip(vols, payloads[event], strict=True):
+            eng.send(vol, event, p)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert all(len(rec.history("attachment", v.volume_id)) == DEPTH for v in vols[:10])
+    return held / 2**20
+
+
 def library_events_per_s(n_events: int) -> float:
     """The same cycle through python-statemachine's own engine, one instance per volume."""
 
@@ -127,6 +204,12 @@ def main() -> None:
     lib = library_events_per_s(8_000)
     figures["library_events_per_s"] = round(lib)
     figures["speedup_vs_library"] = round(figures["events_per_s"] / lib, 1)
+    bare = engine_events_per_s(200_000, recorder=False)
+    recorded = engine_events_per_s(200_000, recorder=True)
+    figures["events_per_s_engine"] = round(bare)
+    figures["events_per_s_with_recorder"] = round(recorded)
+    figures["recorder_cost_us"] = round(1e6 / recorded - 1e6 / bare, 2)
+    figures["recorder_10k_mb"] = round(recorder_mb(VOLUMES), 2)
     report(figures, args.json)
 
 

@@ -10,8 +10,8 @@ transitions each; `events_per_s_with_recorder` >= 100 000):
 - a decision (a transition plus the guards that refused the candidates before it) is
   interned: the few that exist are shared by every record;
 - reasons are interned too (the same text for every volume on one node is one string);
-- a ring is two preallocated arrays of floats (first and last time) and counts, and one
-  list of (decision, reason) pairs: no object per record;
+- a ring is one array of floats (first time, last time, repeats) and one list of
+  (decision, reason) pairs, no object per record, grown up to the depth as it fills;
 - a repeat of the last record for a self-transition (`stale --reconcile--> stale` on every
   pass while waiting) counts up in place instead of pushing out the history.
 
@@ -59,28 +59,69 @@ class Entry:
 
 
 class History:
-    """One object's ring."""
+    """One object's ring: `items` holds (decision, reason) pairs, `data` (first time, last
+    time, repeats) triples. It starts small and doubles up to `depth` before it first wraps
+    (so its order is still linear when it grows): an object with one transition costs a
+    quarter of a full ring."""
 
-    __slots__ = ("counts", "head", "items", "size", "times")
+    __slots__ = ("data", "depth", "head", "items", "size")
+
+    START = 2
 
     def __init__(self, depth: int) -> None:
-        self.items: list[Any] = [None] * (2 * depth)  # decision, reason, ...
-        self.times = array("d", [0.0]) * (2 * depth)  # first, last, ...
-        self.counts = array("I", [0]) * depth
+        cap = min(self.START, depth)
+        self.depth = depth
+        self.items: list[Any] = [None] * (2 * cap)
+        self.data = array("d", [0.0]) * (3 * cap)
         self.head = 0  # next slot to write
         self.size = 0
 
+    @property
+    def capacity(self) -> int:
+        return len(self.items) // 2
+
+    def _grow(self) -> None:
+        cap = self.capacity
+        more = min(cap, self.depth - cap)
+        self.items.extend([None] * (2 * more))
+        self.data.extend(array("d", [0.0]) * (3 * more))
+        self.head = cap
+
+    def push(self, decision: Decision, reason: str, now: float) -> None:
+        if self.size:
+            last = (self.head - 1) % self.capacity
+            items = self.items
+            if (
+                items[2 * last] is decision
+                and items[2 * last + 1] is reason
+                and decision.transition.source == decision.transition.target
+            ):
+                self.data[3 * last + 1] = now
+                self.data[3 * last + 2] += 1
+                return
+        if self.size == self.capacity < self.depth:
+            self._grow()
+        i = self.head
+        self.items[2 * i] = decision
+        self.items[2 * i + 1] = reason
+        data = self.data
+        data[3 * i] = data[3 * i + 1] = now
+        data[3 * i + 2] = 1
+        self.head = (i + 1) % self.capacity
+        if self.size < self.capacity:
+            self.size += 1
+
     def entries(self) -> Iterator[Entry]:
         """Oldest first."""
-        depth = len(self.counts)
+        cap = self.capacity
         for k in range(self.size):
-            i = (self.head - self.size + k) % depth
+            i = (self.head - self.size + k) % cap
             yield Entry(
                 self.items[2 * i],
                 self.items[2 * i + 1],
-                self.times[2 * i],
-                self.times[2 * i + 1],
-                self.counts[i],
+                self.data[3 * i],
+                self.data[3 * i + 1],
+                int(self.data[3 * i + 2]),
             )
 
 
@@ -135,23 +176,7 @@ class FlightRecorder:
             if len(histories) >= self.max_objects:
                 del histories[next(iter(histories))]
             h = histories[key] = History(self.depth)
-        now = step.now
-        depth = len(h.counts)
-        if h.size and tr.source == tr.target:
-            last = (h.head - 1) % depth
-            items = h.items
-            if items[2 * last] is decision and items[2 * last + 1] is reason:
-                h.times[2 * last + 1] = now
-                h.counts[last] += 1
-                return
-        i = h.head
-        h.items[2 * i] = decision
-        h.items[2 * i + 1] = reason
-        h.times[2 * i] = h.times[2 * i + 1] = now
-        h.counts[i] = 1
-        h.head = (i + 1) % depth
-        if h.size < depth:
-            h.size += 1
+        h.push(decision, reason, step.now)
 
     def _decision(
         self, machine: str, tr: Transition, refused: tuple[tuple[int, int], ...]
