@@ -315,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "explain":
+        return int(args.func(args))  # a client only: it starts nothing (no driver imports)
     return _dispatch(args)
 
 
