@@ -37,7 +37,8 @@ def test_the_last_transitions_oldest_first_with_times_and_reasons() -> None:
         event = "publish" if i % 2 == 0 else "unpublish"
         eng.send(m, event, AttachInput(node="n1", reason=f"call {i}"))
     history = rec.history("attachment", "pvc-1")
-    assert len(history) == DEPTH
+    assert len(history) == DEPTH == 16  # the depth
+    assert FlightRecorder().max_objects == 100_000
     assert [e.reason for e in history] == [f"call {i}" for i in range(4, DEPTH + 4)]
     start = clock.monotonic() - (DEPTH + 4)
     assert [e.first - start for e in history] == [float(i + 1) for i in range(4, DEPTH + 4)]
