@@ -7,4 +7,9 @@ now, the guards that block the next step and the evidence or time that would unb
 (`machines.guards`), the flight recorder's last transitions (`hooks.recorder`), and what the
 cluster and the appliance show. `client` is the command that asks for it and `render` prints
 it (text, Mermaid, or the JSON as served).
+
+Modules: `service` (the endpoint: names, who answers, the overview, the wiring), `volume`,
+`node` and `appliance` (one explanation each; `appliance` also holds the `ApplianceView`
+interface), `steps` (a next step and its one-line summary), `machine` (what is the same for
+every machine: diagram, outcomes, guards, history), `client` and `render` (the command).
 """

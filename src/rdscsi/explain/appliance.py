@@ -1,20 +1,33 @@
-"""What an appliance shows, behind one small interface: `rdscsi explain` asks it for a
-volume's disk and export (and whatever else an appliance can tell about a volume: a fence,
-its NVMe/TCP sessions) and for the appliance's own summary. One `ApplianceView` per
-appliance; each read is bounded in time and never raises (an unreachable appliance is an
-answer: "not read, because ..."). Nothing here returns key material: no key files, no host
-keys, no passwords; the SSH address and user are shown.
+"""What an appliance shows, behind one small interface, and its explanation.
+
+`ApplianceView`: `rdscsi explain` asks it for a volume's disk and export (and whatever else
+an appliance can tell about a volume: a fence, its NVMe/TCP sessions) and for the
+appliance's own summary. One per appliance; each read is bounded in time and never raises
+(an unreachable appliance is an answer: "not read, because ..."). Nothing here returns key
+material: no key files, no host keys, no passwords; the SSH address and user are shown.
+
+`explain_appliance`: the Connection machine, its last transitions (each failed dial with its
+reason) and the timer its next dial waits for; `connection_blocker`: the same as what a
+volume's next step waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from ..clock import Clock
 from ..io.rds.connection import RDSConnection
 from ..io.rds.errors import RDSError
 from ..io.rds.volumes import VolumeStore
-from ..machines.connection import ConnectionModel
+from ..machines import ConnInput
+from ..machines.connection import ConnectionMachine, ConnectionModel
+from ..machines.guards import Part, fill
+from . import machine as mx
+from .machine import CONNECTION, Times
+
+if TYPE_CHECKING:
+    from .service import Explainer
 
 READ_TIMEOUT_S = 5.0
 
@@ -119,3 +132,96 @@ class StoreView:
         except RDSError as exc:
             return {"read": False, "why": str(exc)}
         return {"read": True, "pool": {"size_bytes": pool.size, "free_bytes": pool.free}}
+
+
+# --- explanations -----------------------------------------------------------------------------
+
+
+def timer_of(conn: Any) -> tuple[str, Part] | None:
+    """The timer that moves the connection's state on, as its machine declares it."""
+    timers: dict[str, tuple[str, Part]] = getattr(ConnectionMachine, "timers", {})
+    return timers.get(conn.state or "")
+
+
+def connection_blocker(view: ApplianceView, clock: Clock, times: Times) -> JSON:
+    """The appliance connection as what a volume's next step waits for."""
+    conn = view.connection
+    state = conn.state or "starting"
+    out: JSON = {
+        "machine": "connection",
+        "object": view.name,
+        "guard": None,
+        "state": state,
+        "text": (
+            f"appliance {view.name} is {state}: every CSI call that reads or changes it "
+            "(ControllerPublishVolume, CreateVolume, DeleteVolume...) answers UNAVAILABLE "
+            "until it reconnects"
+        ),
+        "waiting_for": [],
+    }
+    timer = timer_of(conn)
+    if timer is not None:
+        _, wait = timer
+        out["waiting_for"].append(mx.part(wait, conn, ConnInput(clock.monotonic()), times))
+    return out
+
+
+async def explain_appliance(ex: Explainer, name: str) -> JSON:
+    times = Times(ex.clock)
+    view = ex.appliances[name]
+    conn = view.connection
+    state = conn.state or "starting"
+    nxt: JSON = {"status": "at rest", "event": None, "blocked_by": []}
+    timer = timer_of(conn)
+    if timer is not None:
+        event, wait = timer
+        blocker = connection_blocker(view, ex.clock, times)
+        t = next(t for t in CONNECTION.transitions if t.source == state and t.event == event)
+        waited = blocker["waiting_for"][0] if blocker["waiting_for"] else {}
+        nxt = {
+            "status": "blocked",
+            "event": event,
+            "transition": mx.transition(t),
+            "blocked_by": [blocker],
+            "at": waited.get("at"),
+            "in_s": waited.get("in_s"),
+            "summary": f"appliance {name} is {state} after {conn.attempt} failed "
+            f"attempt(s): it dials again when {fill(wait.text, conn, None)} ends",
+        }
+    elif state == "disconnected":
+        nxt = {
+            "status": "due",
+            "event": "retry",
+            "blocked_by": [],
+            "summary": f"appliance {name} was lost; a redial is made at once",
+        }
+    elif state in ("connecting", "reconnecting"):
+        nxt = {
+            "status": "due",
+            "event": "succeeded",
+            "blocked_by": [],
+            "summary": f"dialling appliance {name} (connect timeout "
+            f"{ex.extra.get('connect_timeout', 10.0):g} s)",
+        }
+    else:
+        nxt["summary"] = f"appliance {name} is {state}"
+    return {
+        "kind": "appliance",
+        "object": {"appliance": name, "connection": conn.key},
+        "replica": ex.replica_info(),
+        "now": times.iso(times.now_wall),
+        "machine": {**mx.diagram(CONNECTION, state), "since": times.mono(conn.entered_at)},
+        "model": {
+            "attempt": conn.attempt,
+            "delay_s": round(conn.delay, 2),
+            "lost_at": times.mono(conn.lost_at),
+        },
+        "next": nxt,
+        "history": mx.history(ex.recorder, "connection", conn.key, times),
+        "appliance": {
+            "name": name,
+            "connection": state,
+            **view.describe(),
+            **await view.summary(),
+        },
+    }

@@ -10,12 +10,18 @@ from typing import Any
 
 from ..clock import Clock
 from ..hooks.recorder import Entry, FlightRecorder
-from ..machines import MACHINES, compile_machine
+from ..machines import MACHINES, AttachmentMachine, ConnectionMachine, NodeMachine, compile_machine
 from ..machines.diagrams import edges
 from ..machines.engine import Candidate, MachineDef, Step, Transition, evaluate
 from ..machines.guards import Part, doc_of, fill
+from ..machines.volume import NodeVolumeMachine
 
 JSON = dict[str, Any]
+
+ATTACHMENT = compile_machine(AttachmentMachine)
+CONNECTION = compile_machine(ConnectionMachine)
+NODE = compile_machine(NodeMachine)
+NODE_VOLUME = compile_machine(NodeVolumeMachine)
 
 
 class Times:
