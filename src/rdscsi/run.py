@@ -233,12 +233,15 @@ async def _run(
     _config(options, state_dir, node, placeholder, sim_dir).prepare()
     apps: list[ControllerApp] = []
 
+    explainers: list[Explainer] = []
+
     async def explain(query: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
         if not apps:
             return 503, {"error": "starting"}
-        return await explainers.setdefault(0, for_controller(apps[0])).answer(query)
+        if not explainers:
+            explainers.append(for_controller(apps[0]))
+        return await explainers[0].answer(query)
 
-    explainers: dict[int, Explainer] = {}
     metrics = await start_metrics(
         options.metrics_address,
         REGISTRY,
