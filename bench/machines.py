@@ -126,7 +126,6 @@ def engine_events_per_s(n_events: int, recorder: bool) -> float:
     listeners: list[object] = []
     if recorder:
         rec = FlightRecorder()
-        rec.bind(d)
         listeners.append(rec)
     eng = Engine(d, listeners)
     vols = [eng.track(AttachmentModel(f"pvc-{i}")) for i in range(1000)]
@@ -146,7 +145,6 @@ def recorder_mb(n: int) -> float:
     """What the recorder holds for n volumes with DEPTH transitions each."""
     d = compile_machine(AttachmentMachine)
     rec = FlightRecorder()
-    rec.bind(d)
     eng = Engine(d, [rec])
     vols = [eng.track(AttachmentModel(f"pvc-{i:08d}")) for i in range(n)]
     payloads = _payloads(n)

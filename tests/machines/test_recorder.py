@@ -20,7 +20,6 @@ D = compile_machine(AttachmentMachine)
 
 
 def engine(recorder: FlightRecorder, clock: ManualClock) -> Engine:
-    recorder.bind(D)
     return Engine(D, [recorder], clock.monotonic)
 
 

@@ -139,8 +139,9 @@ class FlightRecorder:
         self._reasons: dict[str, str] = {}
         self._defs: dict[str, MachineDef] = {}
 
-    def bind(self, definition: MachineDef) -> None:
-        """Know a machine (its transitions, to decode refusals)."""
+    def on_bind(self, definition: MachineDef) -> None:
+        """Know a machine (its transitions, to decode refusals): each engine it listens to
+        tells it when built."""
         self._defs[definition.name] = definition
         self._plain.setdefault(definition.name, [None] * len(definition.transitions))
         self._histories.setdefault(definition.name, {})
@@ -156,7 +157,7 @@ class FlightRecorder:
         else:
             plain = self._plain.get(machine)
             if plain is None:
-                raise LookupError(f"flight recorder: machine {machine!r} was never bound")
+                raise LookupError(f"flight recorder: no engine of machine {machine!r} has it")
             known = plain[tr.index]
             if known is None:
                 known = plain[tr.index] = Decision(tr, ())

@@ -43,9 +43,7 @@ def build_machines(
     reconcile triggers."""
     defs = [compile_machine(c) for c in MACHINES]
     metrics = MachineMetrics(defs, registry)
-    recorder = FlightRecorder()
-    for d in defs:
-        recorder.bind(d)
+    recorder = FlightRecorder()  # each engine below binds its machine to it
     events = EventListener(sink)
     triggers = TriggerListener(trigger)
     extra = tuple(extra_listeners)

@@ -241,7 +241,9 @@ class Step:
 
 class Listener(Protocol):
     """Sees every transition (`after_transition`) and may implement any hook by name:
-    a method `VolumeAttached(step)` runs after each transition that declares that hook."""
+    a method `VolumeAttached(step)` runs after each transition that declares that hook.
+    Optional parts: `on_bind(definition)` (told the machine when an engine is built),
+    `on_track`/`on_forget` (`ModelLifecycle`), `on_retire(machine, key)` (`Engine.retire`)."""
 
     def after_transition(self, step: Step) -> None: ...
 
@@ -281,6 +283,10 @@ class Engine:
                     if fn is not None:
                         bound.append(fn)
             self._hooks[tr.index] = tuple(bound)
+        for listener in self.listeners:
+            bind = getattr(listener, "on_bind", None)
+            if bind is not None:  # told which machine it listens to (the flight recorder)
+                bind(self.definition)
         self._track = tuple(getattr(x, "on_track", None) for x in self.listeners)
         self._forget = tuple(getattr(x, "on_forget", None) for x in self.listeners)
 
