@@ -289,6 +289,10 @@ def build_controller(
             insecure_skip_host_key_check=rds_cfg.insecure_skip_host_key_check,
             max_concurrency=rds_cfg.max_concurrency,
             command_timeout=rds_cfg.command_timeout,
+            health_interval=rds_cfg.health_interval,
+            health_timeout=rds_cfg.health_timeout,
+            keepalive_interval=rds_cfg.keepalive_interval,
+            keepalive_count=rds_cfg.keepalive_count,
         ),
         machines.connection,
         clock,
@@ -341,7 +345,7 @@ def build_controller(
         on_lost=passes.clear,
         registry=registry,
     )
-    identity_service = IdentityService(config.name, True, lambda: rds.connected)
+    identity_service = IdentityService(config.name, True, rds.ready)
     controller = ControllerService(
         ControllerSettings(
             plugin_name=config.name,

@@ -85,8 +85,12 @@ class ApplianceConfig:
     nqn_prefix: str = "nqn.2000-02.com.mikrotik:"  # export NQN = prefix + volume id
     pool_root: str = "/storage-pool/"  # the appliance pool holding the files (path on the appliance)
     volume_dir: str = "k8s"  # directory under the pool for this driver
-    max_concurrency: int = attrs.field(default=8, validator=_positive)  # SSH channels open at once (count of commands in flight)
-    command_timeout: float = attrs.field(default=30.0, validator=_positive)  # seconds one appliance command may take
+    max_concurrency: int = attrs.field(default=5, validator=_positive)  # SSH command channels open at once (count); the health check has one more: OpenSSH allows 10 sessions per connection
+    command_timeout: float = attrs.field(default=30.0, validator=_positive)  # seconds one appliance command may take, from waiting for a channel to the end of its reply
+    health_interval: float = attrs.field(default=5.0, validator=_positive)  # seconds between health commands (on their own channel, never behind commands)
+    health_timeout: float = attrs.field(default=5.0, validator=_positive)  # seconds one health command may take
+    keepalive_interval: float = attrs.field(default=3.0, validator=_positive)  # seconds without a byte from the appliance before an SSH keepalive is sent
+    keepalive_count: int = attrs.field(default=2, validator=_positive)  # unanswered SSH keepalives (count) before the link counts as lost: silence is found within (count + 1) x interval seconds
     # fmt: on
 
 

@@ -1,18 +1,20 @@
-"""The SSH adapter against the simulator over real SSH, with time injected."""
+"""The SSH adapter's lifecycle against both servers: commands, loss and reconnection,
+backoff, host-key pinning and known_hosts, with time injected."""
 
 from __future__ import annotations
 
-import asyncio
+import base64
+import hashlib
+import hmac
 import logging
+import os
 
 import asyncssh
 import pytest
 
 from rdscsi.io.rds import parse
-from rdscsi.io.rds.connection import RDSConnection
 from rdscsi.io.rds.errors import (
     ApplianceFailureError,
-    CommandTimeoutError,
     NotEnoughSpaceError,
     NotFoundError,
     TransportLostError,
@@ -20,20 +22,9 @@ from rdscsi.io.rds.errors import (
     UnparseableOutputError,
 )
 
-from .conftest import Bench
+from .conftest import Bench, started, until
 
 GIB = 1 << 30
-
-
-async def started(bench: Bench, **overrides: object) -> RDSConnection:
-    conn = bench.connection(**overrides)
-    await conn.start()
-    await asyncio.wait_for(conn.wait_for("connected", "backoff"), 10)
-    return conn
-
-
-async def until(conn: RDSConnection, predicate: object) -> None:
-    await asyncio.wait_for(conn.wait_until(predicate), 10)  # type: ignore[arg-type]
 
 
 async def test_volume_commands_round_trip(bench: Bench) -> None:
@@ -66,6 +57,15 @@ async def test_volume_commands_round_trip(bench: Bench) -> None:
     assert conn.state == "closed"
 
 
+async def test_crlf_replies_parse(bench: Bench) -> None:
+    bench.sim.config.line_ending = "\r\n"  # a device writing CR LF
+    conn = await started(bench)
+    pool = parse.parse_pool(await conn.run(conn.commands.pool_print()))
+    assert pool is not None and pool.size > 0
+    with pytest.raises(NotFoundError):
+        await conn.run(conn.commands.disk_grow("pvc-none", GIB))
+
+
 async def test_errors_are_classified(bench: Bench) -> None:
     conn = await started(bench)
     b = conn.commands
@@ -78,42 +78,68 @@ async def test_errors_are_classified(bench: Bench) -> None:
     bench.sim.faults.malformed_next(1)
     with pytest.raises(UnparseableOutputError):
         parse.parse_pool(await conn.run(b.pool_print()))
-    counted = bench.registry.get_sample_value(
+    counted = bench.sample(
         "rds_csi_rds_command_errors_total", {"verb": "pool-print", "error": "NotEnoughSpaceError"}
     )
     assert counted == 1
-    await conn.close()
 
 
 async def test_unreachable_at_start_is_backoff_not_a_crash(bench: Bench) -> None:
-    await bench.sim.stop()
+    await bench.server.stop()
     conn = await started(bench)
     assert conn.state == "backoff"
     assert 0.9 <= conn.model.delay <= 1.1
     with pytest.raises(UnavailableError, match="backoff"):
         await conn.run(conn.commands.pool_print())
-    await bench.sim.start()
+    await bench.server.start()
     bench.clock.advance(conn.model.delay)
     await until(conn, lambda: conn.state == "connected")
     assert bench.triggers == ["connection:succeeded"]
-    await conn.close()
 
 
 async def test_drop_is_seen_at_once_and_reconnects(bench: Bench) -> None:
+    """The appliance side of the link dies (sshd: its per-connection process is killed)."""
     conn = await started(bench)
-    bench.sim.drop_connections()
+    assert await bench.server.drop_connections() == 1
     # no clock advance: loss is seen from the closed connection, the first redial is immediate
     await until(conn, lambda: conn.state == "connected" and len(bench.sink.events) >= 2)
     assert bench.sink.reasons() == ["RDSDisconnected", "RDSReconnected"]
     assert bench.triggers == ["connection:succeeded", "connection:succeeded"]
     assert await conn.run(conn.commands.pool_print())
-    await conn.close()
+
+
+async def test_a_lost_link_is_never_reported_as_connected(bench: Bench) -> None:
+    """Between the loss and the redial nobody is told "connected, not connected"."""
+    await bench.server.stop()
+    conn = bench.connection()
+    bench.clock.advance(0)
+    await bench.server.start()
+    await conn.start()
+    await until(conn, lambda: conn.state == "connected")
+    seen: list[str] = []
+    real = conn._transition
+
+    def spy(event: str, **payload: str) -> None:
+        real(event, **payload)
+        if event == "lost":
+            # the very moment the machine hears of the loss, commands are refused honestly
+            try:
+                conn._live(conn.commands.pool_print())
+            except UnavailableError as exc:
+                seen.append(str(exc))
+
+    conn._transition = spy  # type: ignore[method-assign]
+    await bench.server.stop()
+    await until(conn, lambda: conn.state == "backoff")
+    assert seen and "is disconnected, not connected" in seen[0], seen
+    with pytest.raises(UnavailableError, match="is backoff, not connected"):
+        await conn.run(conn.commands.pool_print())
 
 
 async def test_restart_backoff_sequence(bench: Bench) -> None:
     conn = await started(bench)
-    port = bench.sim.port
-    await bench.sim.stop()
+    port = bench.server.port
+    await bench.server.stop()
     await until(conn, lambda: conn.state == "backoff")
     delays = [conn.model.delay]
     for _ in range(6):
@@ -124,38 +150,65 @@ async def test_restart_backoff_sequence(bench: Bench) -> None:
     bases = [1, 2, 4, 8, 16, 16, 16]
     for delay, base in zip(delays, bases, strict=True):
         assert base * 0.9 <= delay <= base * 1.1, (delays, bases)
-    await bench.sim.start()
-    assert bench.sim.port == port
+    # the jitter spreads both ways around each step (a one-sided jitter fails here)
+    assert any(d < b for d, b in zip(delays, bases, strict=True)), delays
+    assert any(d > b for d, b in zip(delays, bases, strict=True)), delays
+    await bench.server.start()
+    assert bench.server.port == port
     bench.clock.advance(conn.model.delay)
     await until(conn, lambda: conn.state == "connected")
     assert conn.model.attempt == 0
     assert bench.sink.reasons() == ["RDSDisconnected", "RDSReconnected"]
-    failures = bench.registry.get_sample_value("rds_csi_rds_reconnect_total", {"status": "failure"})
+    failures = bench.sample("rds_csi_rds_reconnect_total", {"status": "failure"})
     assert failures == 7  # the immediate redial plus six on the timer
-    await conn.close()
 
 
-async def test_host_key_mismatch_is_refused(bench: Bench, caplog: pytest.LogCaptureFixture) -> None:
-    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
-    conn = await started(bench, host_keys=[other])
-    assert conn.state == "backoff"
-    assert "dial failed" in caplog.text
-    await conn.close()
+async def test_drop_mid_command_is_transport_lost(bench: Bench) -> None:
+    conn = await started(bench)
+    bench.sim.faults.drop_mid_next(1)
+    with pytest.raises((TransportLostError, UnavailableError)):
+        await conn.run(conn.commands.pool_print())
+    await until(conn, lambda: conn.state == "connected" and len(bench.sink.events) >= 2)
+
+
+async def test_output_cap(bench: Bench) -> None:
+    conn = await started(bench, output_limit=64)
+    with pytest.raises(UnparseableOutputError, match="longer than 64 bytes"):
+        await conn.run(conn.commands.pool_print())
+    assert conn.state == "connected"
+    await bench.sim.faults.wait_not_hanging()
+
+
+# --- host keys -------------------------------------------------------------------------------
 
 
 async def test_rotated_host_keys_accept_either(bench: Bench) -> None:
     other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
-    conn = await started(bench, host_keys=[other, bench.sim.host_key])
+    conn = await started(bench, host_keys=[other, bench.server.host_key])
     assert conn.state == "connected"
-    await conn.close()
 
 
-async def test_wrong_client_key_is_refused(bench: Bench) -> None:
-    wrong = bench.tmp / "wrong_key"
-    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(wrong))
-    conn = await started(bench, client_keys=[str(wrong)])
-    assert conn.state == "backoff"
-    await conn.close()
+def _hashed(name: str) -> str:
+    salt = os.urandom(20)
+    digest = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+
+
+@pytest.mark.parametrize("entry", ["plain", "hashed", "wildcard"])
+async def test_known_hosts_file(bench: Bench, entry: str) -> None:
+    port = bench.server.port
+    key = bench.server.host_key
+    line = {
+        "plain": f"[127.0.0.1]:{port} {key}",
+        "hashed": f"{_hashed(f'[127.0.0.1]:{port}')} {key}",
+        "wildcard": f"[127.0.0.?]:{port} {key}",
+    }[entry]
+    stranger = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    path = bench.tmp / "known_hosts"
+    path.write_text(f"# comment\nother.example {stranger}\n{line}\n")
+    conn = await started(bench, host_keys=[], known_hosts=str(path))
+    assert conn.state == "connected"
+    assert await conn.run(conn.commands.pool_print())
 
 
 async def test_skipping_host_key_check_warns_every_start(
@@ -165,7 +218,6 @@ async def test_skipping_host_key_check_warns_every_start(
     conn = await started(bench, host_keys=[], insecure_skip_host_key_check=True)
     assert conn.state == "connected"
     assert "host key verification is DISABLED" in caplog.text
-    await conn.close()
 
 
 def test_host_key_verification_is_required(bench: Bench) -> None:
@@ -173,63 +225,15 @@ def test_host_key_verification_is_required(bench: Bench) -> None:
         bench.config(host_keys=[]).validate()
 
 
-async def test_fifty_concurrent_commands_stay_under_the_cap(bench: Bench) -> None:
+# --- the real sshd's own lifecycle ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("bench", ["openssh"], indirect=True)
+async def test_restarting_only_the_listener_keeps_the_link(bench: Bench) -> None:
+    """`systemctl restart ssh` on an OpenSSH server restarts the listener only: established
+    links (their per-connection processes) live on, and the adapter never notices."""
+    assert bench.server.sshd is not None
     conn = await started(bench)
-    active = peak = 0
-    real_run = bench.sim.interpreter.run
-
-    async def counting(line: str):  # type: ignore[no-untyped-def]
-        nonlocal active, peak
-        active += 1
-        peak = max(peak, active)
-        try:
-            await asyncio.sleep(0.01)
-            return await real_run(line)
-        finally:
-            active -= 1
-
-    bench.sim.interpreter.run = counting  # type: ignore[method-assign]
-    outputs = await asyncio.gather(*(conn.run(conn.commands.pool_print()) for _ in range(50)))
-    assert len(outputs) == 50 and all("free=" in o for o in outputs)
-    assert peak == conn.config.max_concurrency
-    await conn.close()
-
-
-async def test_hung_command_times_out_and_connection_stays_usable(bench: Bench) -> None:
-    conn = await started(bench)
-    bench.sim.faults.hang_next(1)
-    hung = asyncio.create_task(conn.run(conn.commands.pool_print(), timeout=2.0))
-    await bench.sim.faults.wait_hanging(1)
-    bench.clock.advance(2.0)
-    with pytest.raises(CommandTimeoutError, match="2s"):
-        await hung
-    assert conn.state == "connected"
-    assert "free=" in await conn.run(conn.commands.pool_print())
-    await conn.close()
-
-
-async def test_drop_mid_command_is_transport_lost(bench: Bench) -> None:
-    conn = await started(bench)
-    bench.sim.faults.drop_mid_next(1)
-    with pytest.raises((TransportLostError, UnavailableError)):
-        await conn.run(conn.commands.pool_print())
-    await until(conn, lambda: conn.state == "connected" and len(bench.sink.events) >= 2)
-    await conn.close()
-
-
-async def test_half_open_link_found_by_health_check(bench: Bench) -> None:
-    conn = await started(bench)
-    bench.sim.faults.hang_next(1)  # the next command (the health check) never answers
-    bench.clock.advance(conn.config.health_interval)
-    await bench.sim.faults.wait_hanging(1)
-    bench.clock.advance(conn.config.health_timeout)
-    await until(conn, lambda: "RDSDisconnected" in bench.sink.reasons())
-    await until(conn, lambda: conn.state == "connected")
-    await conn.close()
-
-
-async def test_output_cap(bench: Bench) -> None:
-    conn = await started(bench, output_limit=64)
-    with pytest.raises(UnparseableOutputError, match="longer than 64 bytes"):
-        await conn.run(conn.commands.pool_print())
-    await conn.close()
+    await bench.server.sshd.restart(connections=False)
+    assert await conn.run(conn.commands.pool_print())
+    assert conn.state == "connected" and bench.sink.reasons() == []

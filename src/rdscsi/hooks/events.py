@@ -236,6 +236,18 @@ class EventListener:
         why = "driver stopping" if step.event == "close" else "connection lost"
         self._appliance(step, "RDSDisconnected", WARNING, f"disconnected ({why})")
 
+    def RDSMisconfigured(self, step: Step) -> None:
+        conn = step.model
+        assert isinstance(conn, ConnectionModel)
+        key = f"; server host key {conn.fingerprint}" if conn.fingerprint else ""
+        self._appliance(
+            step,
+            "RDSMisconfigured",
+            WARNING,
+            f"configuration rejected (not an outage): {conn.setting}: {conn.reason}{key}; "
+            f"retrying in {conn.delay:.0f}s",
+        )
+
     def RDSReconnected(self, step: Step) -> None:
         conn = step.model
         assert isinstance(conn, ConnectionModel)
@@ -254,6 +266,7 @@ REASONS = frozenset(
         "StaleAttachmentCleared",
         "RDSDisconnected",
         "RDSReconnected",
+        "RDSMisconfigured",
         # Not a transition: the node service posts it when a volume's record is unreadable.
         "NodeRecordUnreadable",
     }

@@ -3,7 +3,8 @@
 Per machine: `rds_csi_<machine>_state{state}` (objects in each state),
 `rds_csi_fsm_transitions_total{machine,source,target,event}` and
 `rds_csi_fsm_time_in_state_seconds{machine,state}` (observed when a state is left).
-From named hooks: appliance reconnects and stale-attachment clearing.
+From named hooks: appliance reconnects, rejected configurations and stale-attachment
+clearing.
 Label children are cached so a transition costs a few dictionary look-ups.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from ..machines.connection import ConnectionModel
+from ..machines.connection import REJECTED_SETTINGS, ConnectionModel
 from ..machines.engine import FSMModel, MachineDef, Step
 
 RECONNECT_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
@@ -69,6 +70,14 @@ class MachineMetrics:
             buckets=RECONNECT_BUCKETS,
             registry=registry,
         )
+        self.config_rejected = Counter(
+            "rds_csi_rds_config_rejected_total",
+            "Dials the appliance answered but rejected, by the setting to fix (not outages)",
+            ["setting"],
+            registry=registry,
+        )
+        for setting in REJECTED_SETTINGS:
+            self.config_rejected.labels(setting)
         self.stale_cleared = Counter(
             "rds_csi_attachment_stale_cleared_total",
             "Stale attachments released after evidence and the grace period",
@@ -154,6 +163,11 @@ class MetricsListener:
 
     def reconnect_failed(self, step: Step) -> None:
         self._failure.inc()
+
+    def config_rejected(self, step: Step) -> None:
+        model = step.model
+        if isinstance(model, ConnectionModel):
+            self.m.config_rejected.labels(model.setting or "unknown").inc()
 
     def marked_stale(self, step: Step) -> None:
         self._actions["marked_stale"].inc()

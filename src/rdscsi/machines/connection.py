@@ -1,9 +1,13 @@
 """The RDS Connection lifecycle: one machine per appliance.
 
 Start-up tries once (`connecting`); a failure goes to `backoff`, never to a crash. A lost
-link (the SSH connection closed, or the health command failed) leaves `connected` for
+link (the SSH connection closed, or SSH keepalive found it silent) leaves `connected` for
 `disconnected`, from which one immediate attempt is made; every failed attempt waits in
 `backoff` for 1, 2, 4, 8, 16 s (capped, ±10 % jitter) and the count resets on success.
+
+A dial the appliance answers but rejects (our user or key refused, its host key matching no
+pin or known_hosts entry) goes to `misconfigured` instead: the same backoff continues (an
+operator may be fixing it), but it is a wrong setting, never reported as an outage.
 The adapter in `rdscsi.io.rds.connection` sends these events and arms the timers.
 """
 
@@ -19,6 +23,9 @@ from .guards import After
 BACKOFF_STEPS = (1.0, 2.0, 4.0, 8.0, 16.0)
 BACKOFF_CAP = BACKOFF_STEPS[-1]
 JITTER = 0.10
+# The settings a rejection names (the YAML keys of `rds_csi.config.ApplianceConfig`): a
+# refused login is the key (or the user it is for), an untrusted host key the pins or file.
+REJECTED_SETTINGS = ("rds.key_file", "rds.host_keys", "rds.known_hosts")
 
 
 def backoff_delay(attempt: int, jitter: float) -> float:
@@ -28,7 +35,7 @@ def backoff_delay(attempt: int, jitter: float) -> float:
 
 
 class ConnectionModel(FSMModel):
-    __slots__ = ("address", "attempt", "delay", "lost_at")
+    __slots__ = ("address", "attempt", "delay", "fingerprint", "lost_at", "reason", "setting")
 
     def __init__(self, address: str) -> None:
         super().__init__()
@@ -36,6 +43,9 @@ class ConnectionModel(FSMModel):
         self.attempt = 0  # failed attempts since the link was last up
         self.delay = 0.0  # the backoff delay chosen on entering `backoff`
         self.lost_at: float | None = None  # when the link went down (reconnect duration)
+        self.setting = ""  # the last rejection: the setting to fix ("rds.host_keys")
+        self.reason = ""  # ... what the appliance rejected, in words
+        self.fingerprint = ""  # ... the host key the server showed ("SHA256:...")
 
     @property
     def key(self) -> str:
@@ -46,7 +56,9 @@ class ConnectionModel(FSMModel):
 class ConnInput:
     now: float = 0.0
     jitter: float = 0.0  # uniform in [-1, 1], drawn by the adapter from its injected RNG
-    reason: str = ""  # why it was sent (a dial's failure, the lost link's cause)
+    reason: str = ""  # why it was sent (a dial's failure, the lost link's cause, a rejection)
+    setting: str = ""  # `rejected`: the setting the appliance refused
+    fingerprint: str = ""  # `rejected`: the server's host key fingerprint
 
 
 class ConnectionMachine(StateMachine):
@@ -59,6 +71,7 @@ class ConnectionMachine(StateMachine):
     connected = State()
     disconnected = State()
     backoff = State()
+    misconfigured = State()
     reconnecting = State()
     closed = State(final=True)
 
@@ -75,12 +88,19 @@ class ConnectionMachine(StateMachine):
           connecting.to(backoff, on="schedule_backoff")                                                   # appliance down at start-up: wait, never crash
         | reconnecting.to(backoff, on="schedule_backoff", after="reconnect_failed")                       # redial failed: wait longer (1..16 s)
     )
+    rejected = (
+          connecting.to(misconfigured, on=["schedule_backoff", "record_rejection"],
+                        after=["RDSMisconfigured", "config_rejected"])                                    # the appliance answered but refused our user/key or its host key is not trusted
+        | reconnecting.to(misconfigured, on=["schedule_backoff", "record_rejection"],
+                          after=["RDSMisconfigured", "config_rejected"])                                  # the same on a redial: a setting is wrong, not an outage
+    )
     lost = (
-          connected.to(disconnected, on="mark_lost", after="RDSDisconnected")                             # SSH closed or health command failed
+          connected.to(disconnected, on="mark_lost", after="RDSDisconnected")                             # SSH connection closed, or keepalive unanswered
     )
     retry = (
           disconnected.to(reconnecting)                                                                   # one immediate redial after a loss
         | backoff.to(reconnecting)                                                                        # the backoff timer fired
+        | misconfigured.to(reconnecting)                                                                  # the backoff timer fired: the operator may have fixed it
     )
     close = (
           starting.to(closed)                                                                             # driver shutdown before the first dial
@@ -88,6 +108,7 @@ class ConnectionMachine(StateMachine):
         | connected.to(closed, after="RDSDisconnected")                                                   # shutdown while up
         | disconnected.to(closed)                                                                         # shutdown after a loss
         | backoff.to(closed)                                                                              # shutdown while waiting to redial
+        | misconfigured.to(closed)                                                                        # shutdown while the configuration is rejected
         | reconnecting.to(closed)                                                                         # shutdown during a redial
     )
     # fmt: on
@@ -96,8 +117,9 @@ class ConnectionMachine(StateMachine):
     sent_by = {
         "dial": "the adapter's start",
         "succeeded": "the SSH handshake and login completed",
-        "failed": "the dial failed (refused, timed out, host key or login refused)",
-        "lost": "the SSH connection closed, or the health command failed",
+        "failed": "the dial failed: the appliance unreachable (refused, timed out)",
+        "rejected": "the dial was answered but refused: our key or user, or its host key",
+        "lost": "the SSH connection closed, or SSH keepalive went unanswered",
         "retry": "the adapter: at once after a loss, else when the backoff timer fires",
         "close": "the driver shutting down",
     }
@@ -108,6 +130,13 @@ class ConnectionMachine(StateMachine):
             After(
                 lambda m, p: m.entered_at + m.delay - p.now,
                 "the backoff timer ({model.delay:.1f} s after failed attempt {model.attempt})",
+            ),
+        ),
+        "misconfigured": (
+            "retry",
+            After(
+                lambda m, p: m.entered_at + m.delay - p.now,
+                "the backoff timer ({model.delay:.1f} s after rejected attempt {model.attempt})",
             ),
         ),
     }
@@ -121,9 +150,16 @@ class ConnectionMachine(StateMachine):
             model.lost_at = p.now
 
     @staticmethod
+    def record_rejection(model: ConnectionModel, p: ConnInput) -> None:
+        model.setting = p.setting
+        model.reason = p.reason
+        model.fingerprint = p.fingerprint
+
+    @staticmethod
     def reset_backoff(model: ConnectionModel, p: ConnInput) -> None:
         model.attempt = 0
         model.delay = 0.0
+        model.setting = model.reason = model.fingerprint = ""
 
     @staticmethod
     def mark_lost(model: ConnectionModel, p: ConnInput) -> None:

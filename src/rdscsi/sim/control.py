@@ -56,6 +56,9 @@ class ControlServer:
             "fail-next": self._fail_next,
             "malformed-next": self._malformed_next,
             "drop-mid": self._drop_mid,
+            "kill-mid": self._kill_mid,
+            "refuse-channels": self._refuse_channels,
+            "stderr": self._stderr,
             "drop": self._drop,
             "pool-full": self._pool_full,
             "refuse": self._refuse,
@@ -155,6 +158,19 @@ class ControlServer:
 
     async def _drop_mid(self, request: dict[str, Any]) -> dict[str, Any]:
         self.sim.faults.drop_mid_next(_count(request), apply=bool(request.get("apply", True)))
+        return {}
+
+    async def _kill_mid(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.sim.faults.kill_mid_next(_count(request))
+        return {}
+
+    async def _refuse_channels(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.sim.faults.refuse_channels_next(_count(request))
+        return {}
+
+    async def _stderr(self, request: dict[str, Any]) -> dict[str, Any]:
+        text = request.get("text")
+        self.sim.faults.stderr_noise = None if text in (None, "") else str(text)
         return {}
 
     async def _drop(self, request: dict[str, Any]) -> dict[str, Any]:

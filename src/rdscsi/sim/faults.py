@@ -1,5 +1,9 @@
 """Faults a test (or `rdscsi sim-fault`) switches on while the simulator runs.
 
+They apply alike to commands arriving over the simulator's own SSH server and to those
+relayed from a real OpenSSH server (`rdscsi.sim.relay`), except channel refusal, which only
+the simulator's SSH server can inject (OpenSSH refuses by itself past `MaxSessions`).
+
 Counted faults ("the next N commands") are taken in the order commands arrive; each
 command takes its whole plan when it starts, so concurrent commands never share one.
 """
@@ -25,6 +29,8 @@ class Plan:
     drop: Drop | None = None  # close the connection before or after running it, no output
     fail_text: str | None = None  # answer this instead of running the command
     malformed_text: str | None = None  # run it, but answer this instead of its output
+    kill: bool = False  # run it, print part of the answer, then the process dies (KILL)
+    stderr: str | None = None  # printed on stderr before anything else (login noise)
 
 
 def _failure_line(text: str) -> str:
@@ -37,6 +43,7 @@ class Faults:
         self.pool_full = False  # every allocation fails with `not enough space`
         self.refuse = False  # new connections are closed as soon as they are accepted
         self.hang_match: str | None = None  # commands containing this never answer
+        self.stderr_noise: str | None = None  # printed on stderr by every command
         self._hang_next = 0
         self._fail_next = 0
         self._fail_text = ""
@@ -44,6 +51,8 @@ class Faults:
         self._malformed_text = DEFAULT_MALFORMED
         self._drop_next = 0
         self._drop_apply = True
+        self._kill_next = 0
+        self._refuse_channels_next = 0
         self._release: asyncio.Future[None] | None = None
         self._hanging = 0
         self._changed = asyncio.Event()
@@ -74,6 +83,24 @@ class Faults:
         self._drop_next = count
         self._drop_apply = apply
 
+    def kill_mid_next(self, count: int = 1) -> None:
+        """The next `count` commands run, print part of their answer, then their process is
+        killed: the reply ends with exit signal KILL instead of an exit status (the command
+        took effect, the client cannot know what else it would have printed)."""
+        self._kill_next = count
+
+    def refuse_channels_next(self, count: int = 1) -> None:
+        """The next `count` channel opens are refused, as OpenSSH refuses one past
+        MaxSessions: nothing runs, the connection stays up."""
+        self._refuse_channels_next = count
+
+    def take_channel_refusal(self) -> bool:
+        """Whether this channel open is refused (consumes one `refuse_channels_next`)."""
+        if self._refuse_channels_next > 0:
+            self._refuse_channels_next -= 1
+            return True
+        return False
+
     def drop_connections(self) -> int:
         """Close every client connection now; returns how many were open."""
         return self._drop_hook() if self._drop_hook is not None else 0
@@ -90,7 +117,9 @@ class Faults:
         self.pool_full = False
         self.refuse = False
         self.hang_match = None
+        self.stderr_noise = None
         self._hang_next = self._fail_next = self._malformed_next = self._drop_next = 0
+        self._kill_next = self._refuse_channels_next = 0
         self.release_hangs()
 
     def set_drop_hook(self, hook: Callable[[], int]) -> None:
@@ -117,7 +146,11 @@ class Faults:
         if self._malformed_next > 0:
             self._malformed_next -= 1
             malformed_text = self._malformed_text
-        return Plan(self.latency, hang, drop, fail_text, malformed_text)
+        kill = False
+        if self._kill_next > 0:
+            self._kill_next -= 1
+            kill = True
+        return Plan(self.latency, hang, drop, fail_text, malformed_text, kill, self.stderr_noise)
 
     async def hang(self) -> None:
         """Block until released; cancelled (with its session) when the connection closes."""
@@ -160,5 +193,8 @@ class Faults:
             "malformed_next": self._malformed_next,
             "drop_mid_next": self._drop_next,
             "drop_mid_apply": self._drop_apply,
+            "kill_mid_next": self._kill_next,
+            "refuse_channels_next": self._refuse_channels_next,
+            "stderr_noise": self.stderr_noise,
             "hanging": self._hanging,
         }

@@ -65,7 +65,15 @@ def _sim_parser() -> argparse.ArgumentParser:
         "--latency-ms", type=float, default=0.0, help="milliseconds added to every command"
     )
     parser.add_argument(
-        "--max-sessions", type=int, default=32, help="SSH sessions per connection (count)"
+        "--max-sessions",
+        type=int,
+        default=10,
+        help="SSH sessions per connection (count; OpenSSH's default is 10)",
+    )
+    parser.add_argument(
+        "--relay-socket",
+        type=Path,
+        help="also answer commands a real sshd relays here (its ForceCommand: see endpoint.json)",
     )
     parser.add_argument(
         "--error-exit-status", type=int, default=1, help="exit status of a failed command"
@@ -127,6 +135,7 @@ async def _serve(args: argparse.Namespace) -> int:
             error_exit_status=args.error_exit_status,
             line_ending="\r\n" if args.crlf else "\n",
             refuse_remove_in_use=args.refuse_remove_in_use,
+            relay_socket=None if args.relay_socket is None else args.relay_socket.resolve(),
         )
     )
     await sim.start()
@@ -144,6 +153,8 @@ async def _serve(args: argparse.Namespace) -> int:
         "client_key": None if client_key is None else str(client_key),
         "authorized_keys": str(authorized),
         "control_socket": str(ctl.path),
+        "relay_socket": None if args.relay_socket is None else str(sim.config.relay_socket),
+        "relay_command": None if args.relay_socket is None else sim.relay_command,
         "pid": os.getpid(),
     }
     _write_json(data_dir / ENDPOINT_NAME, endpoint)
@@ -202,6 +213,16 @@ def _fault_parser() -> argparse.ArgumentParser:
     hang_match = sub.add_parser("hang-match", help="commands containing TEXT never answer")
     hang_match.add_argument("text", help="`off` to stop")
     sub.add_parser("release", help="let hanging commands answer")
+    kill_mid = sub.add_parser(
+        "kill-mid", help="the next N commands print part of their answer, then die (KILL)"
+    )
+    kill_mid.add_argument("count", type=int, nargs="?", default=1)
+    refuse_channels = sub.add_parser(
+        "refuse-channels", help="refuse the next N channel opens (as past MaxSessions)"
+    )
+    refuse_channels.add_argument("count", type=int, nargs="?", default=1)
+    stderr = sub.add_parser("stderr", help="every command prints TEXT on stderr first")
+    stderr.add_argument("text", help="`off` to stop")
     malformed = sub.add_parser("malformed-next", help="the next N commands answer garbage")
     malformed.add_argument("count", type=int, nargs="?", default=1)
     pool_full = sub.add_parser("pool-full", help="every allocation fails: not enough space")
@@ -238,9 +259,9 @@ def _fault_request(args: argparse.Namespace) -> dict[str, Any]:
         message["seconds"] = args.seconds
     elif fault == "fail-next":
         message.update(count=args.count, text=args.text)
-    elif fault in ("hang-next", "malformed-next"):
+    elif fault in ("hang-next", "malformed-next", "kill-mid", "refuse-channels"):
         message["count"] = args.count
-    elif fault == "hang-match":
+    elif fault in ("hang-match", "stderr"):
         message["text"] = None if args.text == "off" else args.text
     elif fault in ("pool-full", "refuse"):
         message["on"] = args.state

@@ -1,24 +1,26 @@
 """asyncssh glue: public-key login, one RouterOS line per `exec` channel, faults applied.
 
-Every channel runs its command in its own task, so commands on one connection overlap;
-the latency sleep happens before the interpreter (and so outside the store lock).
+Every channel runs its command in its own task, so commands on one connection overlap; the
+latency sleep happens before the interpreter (and so outside the store lock).
+
+Sessions are counted like OpenSSH counts them: at most `max_sessions` per connection (one
+more channel open is refused, "open failed"), and a session whose client closed the channel
+stays counted until its command finishes, as OpenSSH keeps a session while its process runs.
+Only the loss of the whole connection stops commands still waiting (hanging) to run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from typing import TYPE_CHECKING
 
 import asyncssh
 
-from rdscsi.sim.cli import Outcome
+from rdscsi.sim.answer import answer
 
 if TYPE_CHECKING:
     from rdscsi.sim.simulator import Simulator
-
-logger = logging.getLogger(__name__)
 
 
 class SimServer(asyncssh.SSHServer):
@@ -28,6 +30,8 @@ class SimServer(asyncssh.SSHServer):
         self._sim = sim
         self._conn: asyncssh.SSHServerConnection | None = None
         self.sessions = 0
+        self._live: set[SimSession] = set()
+        self.lost = False
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -38,8 +42,11 @@ class SimServer(asyncssh.SSHServer):
         self._sim.connections.add(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         if self._conn is not None:
             self._sim.connections.discard(self._conn)
+        for session in list(self._live):
+            session.cancel()  # commands still waiting never run; running ones finish
 
     def begin_auth(self, username: str) -> bool:
         return True  # authentication is always required
@@ -57,10 +64,19 @@ class SimServer(asyncssh.SSHServer):
         return self._sim.is_authorized(key)
 
     def session_requested(self) -> SimSession | bool:
-        if self._conn is None or self.sessions >= self._sim.config.max_sessions:
+        if self._conn is None or self._sim.faults.take_channel_refusal():
+            return False
+        if self.sessions >= self._sim.config.max_sessions:
             return False  # like OpenSSH past MaxSessions: the channel open is refused
         self.sessions += 1
-        return SimSession(self._sim, self, self._conn)
+        session = SimSession(self._sim, self, self._conn)
+        self._live.add(session)
+        return session
+
+    def release(self, session: SimSession) -> None:
+        if session in self._live:
+            self._live.discard(session)
+            self.sessions -= 1
 
 
 class SimSession(asyncssh.SSHServerSession[str]):
@@ -95,58 +111,56 @@ class SimSession(asyncssh.SSHServerSession[str]):
             return
         self._task = asyncio.get_running_loop().create_task(self._run(self._command))
         self._sim.track(self._task)
+        self._task.add_done_callback(lambda _: self._finished())
 
     def eof_received(self) -> bool:
         return True  # keep the channel open to write the answer after the client's EOF
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self._server.sessions -= 1
+        if self._task is None or self._task.done():
+            self._server.release(self)
+        # else: the command goes on and holds its session until it finishes
+
+    def _finished(self) -> None:
+        if self._closed:
+            self._server.release(self)
+
+    def cancel(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        self._server.release(self)
 
-    def _write(self, text: str) -> None:
-        assert self._chan is not None
-        if text:
-            self._chan.write(text.replace("\n", self._sim.config.line_ending))
+    # --- the Reply the answer is written to -----------------------------------------------
+
+    @property
+    def gone(self) -> bool:
+        return self._server.lost
+
+    def write(self, text: str) -> None:
+        if text and self._chan is not None:
+            self._chan.write(text)
+
+    def write_stderr(self, text: str) -> None:
+        if text and self._chan is not None:
+            self._chan.write_stderr(text)
+
+    def exit(self, status: int) -> None:
+        if self._chan is not None:
+            self._chan.exit(status)
+
+    def kill(self, signal: str) -> None:
+        if self._chan is not None:
+            self._chan.exit_with_signal(signal)
+
+    def drop(self) -> None:
+        self._conn.abort()
 
     async def _run(self, line: str) -> None:
-        sim = self._sim
-        assert self._chan is not None
-        sim.commands.append(line)
-        plan = sim.faults.plan(line)
-        if plan.latency > 0:
-            await sim.config.clock.sleep(plan.latency)
-        if plan.hang:
-            await sim.faults.hang()
-            if self._closed:
-                return  # released while the connection was going away: never run it
-        if plan.drop == "before":
-            self._conn.abort()
-            return
-        if plan.fail_text is not None:
-            outcome = Outcome(plan.fail_text + "\n", False)
-        else:
-            # Shielded: like the device, a command that started completes even when the
-            # client goes away; the task is tracked so `stop()` waits for it.
-            work = asyncio.ensure_future(sim.interpreter.run(line))
-            sim.track(work)
-            try:
-                outcome = await asyncio.shield(work)
-            except Exception:
-                # A simulator bug must not leave the client waiting forever.
-                logger.exception("rdscsi sim: command %r crashed", line)
-                outcome = Outcome("failure: internal simulator error\n", False)
-        if plan.drop == "after":
-            self._conn.abort()
-            return
         try:
-            self._write(outcome.output if plan.malformed_text is None else plan.malformed_text)
-            while outcome.stream is not None:
-                await sim.config.clock.sleep(sim.config.monitor_interval)
-                self._write(outcome.stream())
-            self._chan.exit(0 if outcome.ok else sim.config.error_exit_status)
+            await answer(self._sim, line, self)
         except (OSError, asyncssh.Error):
             # The client left before its answer was written: nothing left to tell it.
-            with contextlib.suppress(Exception):
-                self._chan.close()
+            if self._chan is not None:
+                with contextlib.suppress(Exception):
+                    self._chan.close()

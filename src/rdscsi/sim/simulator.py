@@ -16,6 +16,7 @@ import asyncssh
 from rdscsi.clock import Clock, LoopClock
 from rdscsi.sim.cli import Interpreter, Outcome
 from rdscsi.sim.faults import Faults
+from rdscsi.sim.relay_server import RelayServer, relay_command
 from rdscsi.sim.render import Render
 from rdscsi.sim.server import SimServer
 from rdscsi.sim.store import DEFAULT_POOL, Store, Traffic
@@ -38,12 +39,13 @@ class SimConfig:
     render: Render = "detail"
     date_style: DateStyle = "iso"
     latency: float = 0.0  # seconds per command
-    max_sessions: int = 32  # concurrent channels per connection
+    max_sessions: int = 10  # sessions per connection, OpenSSH's default MaxSessions
     error_exit_status: int = 1  # exit status after an error answer (0 is allowed too)
     line_ending: str = "\n"  # "\r\n" to mimic a device writing CRLF
     refuse_remove_in_use: bool = False  # `/disk remove` of a disk with sessions fails
     monitor_interval: float = 1.0  # `monitor-traffic` without `once` repeats this often
     clock: Clock = field(default_factory=LoopClock)
+    relay_socket: Path | None = None  # also answer commands relayed by a real sshd (`relay`)
 
 
 def load_or_create_host_key(data_dir: Path) -> asyncssh.SSHKey:
@@ -112,6 +114,7 @@ class Simulator:
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
         self._lock: IO[str] | None = None
+        self._relay: RelayServer | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -139,7 +142,13 @@ class Simulator:
             self.store.discard_partial_copies()
             self.interpreter.store = self.store
             self._acceptor = await self._listen()
+            if self.config.relay_socket is not None:
+                self._relay = RelayServer(self, Path(self.config.relay_socket))
+                await self._relay.start()
         except BaseException:
+            if self._acceptor is not None:
+                self._acceptor.close()
+                self._acceptor = None
             self._unlock_data_dir()
             raise
         self.port = self._acceptor.get_port()
@@ -165,6 +174,9 @@ class Simulator:
         acceptor, self._acceptor = self._acceptor, None
         if acceptor is not None:
             acceptor.close()
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            await relay.stop()
         # Hanging commands end with their connections (their sessions are cancelled), so
         # they never run; commands already running finish, as on a device going down.
         self.drop_connections()
@@ -213,6 +225,13 @@ class Simulator:
     @property
     def host_key_path(self) -> Path:
         return self.data_dir / HOST_KEY_NAME
+
+    @property
+    def relay_command(self) -> str:
+        """The `ForceCommand` for a real sshd that relays its sessions to this simulator."""
+        if self.config.relay_socket is None:
+            raise ValueError("the simulator has no relay socket (SimConfig.relay_socket)")
+        return relay_command(Path(self.config.relay_socket))
 
     def known_hosts_line(self) -> str:
         return f"[{self.host}]:{self.port} {self.host_key}"

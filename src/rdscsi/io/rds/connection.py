@@ -1,10 +1,29 @@
 """The SSH transport to one appliance, driven by the Connection machine.
 
-This module only feeds the machine events (dial answered, dial failed, link lost, backoff
-timer fired) and carries out what its state implies (dial, arm a timer). Every RouterOS line
-comes from `commands.py`; this module sends them. Commands run on exec channels of one SSH
-connection, at most `max_concurrency` at a time, each under a timeout and an output cap.
-A command issued while the machine is not `connected` fails at once with `UnavailableError`.
+This module only feeds the machine events (dial answered, dial failed or rejected, link
+lost, backoff timer fired) and carries out what its state implies (dial, arm a timer). Every
+RouterOS line comes from `commands.py`; this module sends them.
+
+Commands run on exec channels of one SSH connection. What the module guarantees:
+
+- **Sessions.** At most `max_concurrency` command channels, plus one for the health check
+  that never queues behind commands: `max_concurrency + 1` sessions (6 by default), leaving
+  headroom under OpenSSH's default `MaxSessions` of 10. (RouterOS's own limit is not
+  documented; the cap is a setting.) A channel's slot is freed only when the server closes
+  the channel, as the server frees its session only then: a command that timed out keeps
+  its slot until its process ends (`rds_csi_rds_channels_lingering`).
+- **Refusals.** A refused channel open means nothing was sent: it is retried with a short
+  jittered backoff inside the command's deadline, and never counted as a lost link.
+- **One deadline per command** covers the wait for a slot, the channel open and the reply.
+- **Whole replies only.** A reply counts only with exit status 0 and no exit signal; stdout
+  and stderr are kept apart, stderr is logged and classified, never parsed.
+- **Loss detection** independent of load: the connection's close is seen at once, and SSH
+  keepalive finds a silent link within `(keepalive_count + 1) * keepalive_interval` seconds.
+- **Configuration errors are named**: a refused login or an untrusted host key moves the
+  machine to `misconfigured` with the setting to fix and the server key's fingerprint.
+
+A command issued while the machine is not `connected` fails at once with `UnavailableError`
+(`MisconfiguredError` while `misconfigured`): nothing was sent.
 """
 
 from __future__ import annotations
@@ -19,18 +38,23 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncssh
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from ...clock import Clock, TimerHandle
-from ...machines import ConnectionModel, ConnInput, Engine
+from ...machines import ConnectionModel, ConnInput, Engine, HookFailed
 from .commands import Command, CommandBuilder
 from .errors import (
+    STDERR_KINDS,
+    ApplianceFailureError,
     CommandTimeoutError,
+    IncompleteReplyError,
+    MisconfiguredError,
     RDSError,
     TransportLostError,
     UnavailableError,
     UnparseableOutputError,
     classify,
+    classify_stderr,
 )
 
 log = logging.getLogger("rdscsi.rds")
@@ -49,6 +73,15 @@ ENCRYPTION_ALGS = (
 
 COMMAND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+# After a refused channel open: wait 20 ms, doubling to at most 500 ms, each ±50 %: long
+# enough for the server to free the session the client just saw closed, short against a
+# command's deadline.
+REFUSAL_FIRST_DELAY = 0.02
+REFUSAL_MAX_DELAY = 0.5
+REFUSAL_JITTER = 0.5
+
+HEALTH_OUTCOMES = ("ok", "error", "timeout", "refused", "lost")
+
 
 @dataclass(frozen=True)
 class RDSConfig:
@@ -61,16 +94,28 @@ class RDSConfig:
     host_keys: Sequence[str] = ()  # pinned public keys ("ssh-ed25519 AAAA..."); several = rotation
     known_hosts: str | Path | None = None  # or an OpenSSH known_hosts file
     insecure_skip_host_key_check: bool = False  # explicit opt-out, warned at every start
-    max_concurrency: int = 8  # exec channels at once (OpenSSH's MaxSessions is 10)
-    command_timeout: float = 30.0
+    max_concurrency: int = 5  # command channels at once; the health check has one more
+    command_timeout: float = 30.0  # per command: slot wait, channel open and reply
     connect_timeout: float = 10.0
-    output_limit: int = 1 << 20  # bytes per reply; beyond it the reply is refused
-    health_interval: float = 5.0  # backstop for half-open links; closure is seen at once
-    health_timeout: float = 5.0
+    output_limit: int = 1 << 20  # bytes per reply (stdout and stderr); beyond it, refused
+    health_interval: float = 5.0  # between health commands (on their own channel)
+    health_timeout: float = 5.0  # for one health command, channel open included
+    keepalive_interval: float = 3.0  # SSH keepalive after this long without a byte
+    keepalive_count: int = 2  # unanswered keepalives before the link counts as lost
 
     @property
     def name(self) -> str:
         return f"{self.address}:{self.port}"
+
+    @property
+    def sessions(self) -> int:
+        """Sessions this client may hold on one connection: commands plus the health check."""
+        return self.max_concurrency + 1
+
+    @property
+    def loss_bound(self) -> float:
+        """Seconds of silence after which SSH keepalive declares the link lost."""
+        return (self.keepalive_count + 1) * self.keepalive_interval
 
     def validate(self) -> None:
         if not self.address:
@@ -79,6 +124,11 @@ class RDSConfig:
             raise ValueError(f"rds port: {self.port} is not in 1..65535")
         if self.max_concurrency < 1:
             raise ValueError(f"rds max_concurrency: {self.max_concurrency} must be >= 1")
+        for name in ("command_timeout", "connect_timeout", "health_interval", "health_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"rds {name}: must be > 0")
+        if self.keepalive_interval <= 0 or self.keepalive_count < 1:
+            raise ValueError("rds keepalive: interval must be > 0 and count >= 1")
         if not (self.host_keys or self.known_hosts or self.insecure_skip_host_key_check):
             raise ValueError(
                 "rds host key: give a pinned host key or a known_hosts file "
@@ -91,27 +141,61 @@ class CommandMetrics:
     registry: CollectorRegistry = field(default=REGISTRY)
 
     def __post_init__(self) -> None:
+        r = self.registry
         self.duration = Histogram(
             "rds_csi_rds_command_duration_seconds",
             "Appliance command latency by command verb",
             ["verb"],
             buckets=COMMAND_BUCKETS,
-            registry=self.registry,
+            registry=r,
         )
         self.errors = Counter(
             "rds_csi_rds_command_errors_total",
             "Appliance commands that failed, by verb and error type",
             ["verb", "error"],
-            registry=self.registry,
+            registry=r,
+        )
+        self.refused = Counter(
+            "rds_csi_rds_channel_refused_total",
+            "Channel opens the appliance refused (nothing sent; retried, never a lost link)",
+            registry=r,
+        )
+        self.lingering = Gauge(
+            "rds_csi_rds_channels_lingering",
+            "Timed-out commands whose channel (a server session) is still open",
+            registry=r,
+        )
+        self.stderr = Counter(
+            "rds_csi_rds_stderr_total",
+            "Replies with text on stderr, by kind (notice, error, other)",
+            ["kind"],
+            registry=r,
+        )
+        for kind in STDERR_KINDS:
+            self.stderr.labels(kind)
+        self.health = Counter(
+            "rds_csi_rds_health_checks_total",
+            "Health commands by outcome (none of them closes the link)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in HEALTH_OUTCOMES:
+            self.health.labels(outcome)
+        self.health_restarts = Counter(
+            "rds_csi_rds_health_loop_restarts_total",
+            "Times the health loop died on an unexpected error and was restarted",
+            registry=r,
         )
 
 
 class _Client(asyncssh.SSHClient):
-    """Tells the owner the moment the SSH connection closes (no polling)."""
+    """Tells the owner the moment the SSH connection closes (no polling), and remembers the
+    host key a server showed, for naming it when it is not trusted."""
 
     def __init__(self, on_lost: Callable[[asyncssh.SSHClientConnection, Exception | None], None]):
         self._on_lost = on_lost
         self._conn: asyncssh.SSHClientConnection | None = None
+        self.offered: asyncssh.SSHKey | None = None
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         self._conn = conn
@@ -119,6 +203,83 @@ class _Client(asyncssh.SSHClient):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
             self._on_lost(self._conn, exc)
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        self.offered = key  # asked only for a key no pin or known_hosts entry trusts
+        return False
+
+    def server_key(self) -> asyncssh.SSHKey | None:
+        if self.offered is not None:
+            return self.offered
+        if self._conn is not None:
+            key: asyncssh.SSHKey | None = self._conn.get_server_host_key()
+            return key
+        return None
+
+
+class _Reply(asyncssh.SSHClientSession[bytes]):
+    """One command's reply: stdout and stderr apart, how the process ended, and the moment
+    the channel closed (only then has the server freed the session)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.exit_status: int | None = None
+        self.exit_signal: str | None = None
+        self.overflow = False
+        self.opened = False  # the channel was open, so the command may have been sent
+        self.lost: Exception | None = None  # the connection died before the channel closed
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._chan: asyncssh.SSHClientChannel[bytes] | None = None
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        self._chan = chan
+        self.opened = True
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        if self.overflow:
+            return
+        if len(self.stdout) + len(self.stderr) + len(data) > self.limit:
+            self.overflow = True
+            if self._chan is not None:
+                self._chan.close()
+            return
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self.stderr.extend(data)
+        else:
+            self.stdout.extend(data)
+
+    def exit_status_received(self, status: int) -> None:
+        self.exit_status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self.exit_signal = signal
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class _Refused(Exception):
+    """The server refused the channel open: nothing was sent."""
+
+
+class _Rejected(Exception):
+    """The appliance, or our own files, rejected the configuration: a setting is wrong."""
+
+    def __init__(self, setting: str, reason: str, fingerprint: str = "") -> None:
+        self.setting, self.reason, self.fingerprint = setting, reason, fingerprint
+        super().__init__(f"{setting}: {reason}")
+
+
+@dataclass
+class _Progress:
+    reply: _Reply | None = None
+    refused: int = 0
 
 
 class RDSConnection:
@@ -143,11 +304,13 @@ class RDSConnection:
         self.model = ConnectionModel(config.name)
         self._conn: asyncssh.SSHClientConnection | None = None
         self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._health_slot = asyncio.Semaphore(1)  # never behind commands
         self._timer: TimerHandle | None = None
         self._dialing: asyncio.Task[None] | None = None
         self._health: asyncio.Task[None] | None = None
-        self._state_changed = asyncio.Condition()
+        self._changed = asyncio.Event()
         self._tracked = False
+        self.lingering = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -158,6 +321,13 @@ class RDSConnection:
     @property
     def connected(self) -> bool:
         return self.model.state == "connected"
+
+    def ready(self) -> bool:
+        """For the CSI Probe: True when connected, False while (re)connecting, and
+        `MisconfiguredError` (FAILED_PRECONDITION) while the appliance rejects a setting."""
+        if self.model.state == "misconfigured":
+            raise self._misconfigured()
+        return self.connected
 
     async def start(self) -> None:
         """Begin dialling; returns at once. An unreachable appliance means `backoff`."""
@@ -170,10 +340,10 @@ class RDSConnection:
         if not self._tracked:
             self.engine.track(self.model)
             self._tracked = True
-        await self._send("dial")
+        self._transition("dial")
         self._dial()
         self._health = asyncio.get_running_loop().create_task(
-            self._health_loop(), name=f"rds-health-{self.config.name}"
+            self._health_supervisor(), name=f"rds-health-{self.config.name}"
         )
 
     async def close(self) -> None:
@@ -185,7 +355,7 @@ class RDSConnection:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if self.model.state not in (None, "closed"):
-            await self._send("close")
+            self._transition("close")
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
@@ -201,14 +371,22 @@ class RDSConnection:
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Until `predicate()` holds, re-checked after every transition."""
-        async with self._state_changed:
-            await self._state_changed.wait_for(predicate)
+        while not predicate():
+            await self._changed.wait()
 
-    async def _send(self, event: str, reason: str = "") -> None:
+    def _transition(self, event: str, **payload: str) -> None:
+        """Feed the machine one event; synchronous, so no caller ever sees a state that is
+        already stale (e.g. `connected` after the connection closed)."""
         jitter = self.rng.uniform(-1.0, 1.0)
-        self.engine.send(self.model, event, ConnInput(self.clock.monotonic(), jitter, reason))
-        async with self._state_changed:
-            self._state_changed.notify_all()
+        try:
+            self.engine.send(
+                self.model, event, ConnInput(self.clock.monotonic(), jitter, **payload)
+            )
+        except HookFailed:
+            # The transition happened; a listener (an event sink, a metric) failed.
+            log.exception("RDS %s: a hook of %r failed", self.config.name, event)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     # --- dialling (one attempt at a time, owned by the machine's state) -------------------------
 
@@ -221,36 +399,56 @@ class RDSConnection:
         )
 
     def _known_hosts(self) -> Any:
+        """What asyncssh trusts; a pin or file we cannot read is a rejected setting."""
         cfg = self.config
         if cfg.insecure_skip_host_key_check:
             return None
-        if cfg.host_keys:
-            keys = [asyncssh.import_public_key(k) for k in cfg.host_keys]
-            if cfg.known_hosts:
-                # both: the file's keys for this host plus the pinned ones
-                trusted = asyncssh.read_known_hosts(str(cfg.known_hosts)).match(
-                    cfg.address, "", cfg.port
-                )[0]
-                keys.extend(trusted)
-            return (keys, [], [])
-        return str(cfg.known_hosts)
+        keys: list[asyncssh.SSHKey] = []
+        for pinned in cfg.host_keys:
+            try:
+                keys.append(asyncssh.import_public_key(pinned))
+            except (asyncssh.KeyImportError, ValueError) as exc:
+                raise _Rejected(
+                    "rds.host_keys", f"not a public key: {pinned[:40]!r}: {exc}"
+                ) from exc
+        if cfg.known_hosts:
+            try:
+                known = asyncssh.read_known_hosts(str(cfg.known_hosts))
+            except (OSError, ValueError) as exc:
+                raise _Rejected("rds.known_hosts", f"cannot read {cfg.known_hosts}: {exc}") from exc
+            if not keys:
+                return known
+            keys.extend(known.match(cfg.address, "", cfg.port)[0])  # both: file and pins
+        return (keys, [], [])
+
+    def _client_keys(self) -> Sequence[asyncssh.SSHKeyPair] | None:
+        paths = [str(k) for k in self.config.client_keys]
+        if not paths:
+            return None
+        try:
+            return asyncssh.load_keypairs(paths)
+        except (OSError, asyncssh.KeyImportError, ValueError) as exc:
+            raise _Rejected("rds.key_file", f"cannot load {', '.join(paths)}: {exc}") from exc
 
     async def _dial_once(self) -> None:
         cfg = self.config
+        client = _Client(self._lost)
         try:
             conn = await self._deadline(
                 asyncssh.connect(
                     cfg.address,
                     cfg.port,
                     username=cfg.user,
-                    client_keys=[str(k) for k in cfg.client_keys] or None,
+                    client_keys=self._client_keys(),
                     known_hosts=self._known_hosts(),
-                    client_factory=lambda: _Client(self._lost),
+                    client_factory=lambda: client,
                     agent_path=None,
                     preferred_auth="publickey",
                     config=[],
                     encryption_algs=ENCRYPTION_ALGS,
                     compression_algs=None,
+                    keepalive_interval=cfg.keepalive_interval,
+                    keepalive_count_max=cfg.keepalive_count,
                 ),
                 cfg.connect_timeout,
                 None,
@@ -258,17 +456,76 @@ class RDSConnection:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("RDS %s: dial failed: %s", cfg.name, _why(exc))
-            if self.model.state in ("connecting", "reconnecting"):
-                await self._send("failed", _why(exc))
-                self._arm_retry()
+            rejected = await self._rejection(exc, client)
+            if self.model.state not in ("connecting", "reconnecting"):
+                return
+            if rejected is None:
+                log.warning("RDS %s: dial failed: %s", cfg.name, _why(exc))
+                self._transition("failed", reason=_why(exc))
+            else:
+                self._transition(
+                    "rejected",
+                    setting=rejected.setting,
+                    reason=rejected.reason,
+                    fingerprint=rejected.fingerprint,
+                )
+                log.error(
+                    "RDS %s: configuration rejected (not an outage): %s: %s; server host key "
+                    "%s; retrying in %.1fs",
+                    cfg.name,
+                    rejected.setting,
+                    rejected.reason,
+                    rejected.fingerprint or "unknown",
+                    self.model.delay,
+                )
+            self._arm_retry()
             return
         if self.model.state not in ("connecting", "reconnecting"):
             conn.close()  # closed while dialling
             return
         self._conn = conn
-        await self._send("succeeded")
+        self._transition("succeeded")
         log.info("RDS %s: connected", cfg.name)
+
+    async def _rejection(self, exc: Exception, client: _Client) -> _Rejected | None:
+        """The setting a failed dial says is wrong, or None for an outage."""
+        cfg = self.config
+        if isinstance(exc, _Rejected):
+            return exc
+        if isinstance(exc, asyncssh.PermissionDenied):
+            key = client.server_key()
+            return _Rejected(
+                "rds.key_file",
+                f"the appliance refused user {cfg.user!r} with the key in "
+                f"{', '.join(str(k) for k in cfg.client_keys) or '(none)'} (check rds.user "
+                "and the appliance's authorized keys)",
+                key.get_fingerprint() if key is not None else "",
+            )
+        if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+            setting = "rds.host_keys" if cfg.host_keys else "rds.known_hosts"
+            key = client.offered
+            if key is None:  # refused before we were asked (a revoked key): look it up
+                with contextlib.suppress(Exception):
+                    key = await self._deadline(
+                        asyncssh.get_server_host_key(cfg.address, cfg.port),
+                        cfg.connect_timeout,
+                        None,
+                    )
+            trusted = {
+                "rds.host_keys": "no pinned key",
+                "rds.known_hosts": f"no entry of {cfg.known_hosts} for {cfg.name}",
+            }[setting]
+            why = "is revoked" if "revoked" in str(exc) else f"matches {trusted}"
+            return _Rejected(
+                setting,
+                f"the server's host key {why}",
+                key.get_fingerprint() if key is not None else "unknown",
+            )
+        return None
+
+    def _misconfigured(self) -> MisconfiguredError:
+        m = self.model
+        return MisconfiguredError(m.setting, m.reason, m.fingerprint, appliance=self.config.name)
 
     def _arm_retry(self) -> None:
         if self._timer is not None:
@@ -278,12 +535,11 @@ class RDSConnection:
 
     def _retry_due(self) -> None:
         self._timer = None
-        if self.model.state == "backoff":
-            asyncio.get_running_loop().create_task(self._retry())
+        self._retry()
 
-    async def _retry(self) -> None:
-        if self.model.state in ("backoff", "disconnected"):
-            await self._send("retry")
+    def _retry(self) -> None:
+        if self.model.state in ("backoff", "misconfigured", "disconnected"):
+            self._transition("retry")
             self._dial()
 
     def _lost(self, conn: asyncssh.SSHClientConnection, exc: Exception | None) -> None:
@@ -293,48 +549,78 @@ class RDSConnection:
         if self.model.state != "connected":
             return
         log.warning("RDS %s: connection lost: %s", self.config.name, _why(exc))
-        asyncio.get_running_loop().create_task(self._after_loss(_why(exc)))
+        self._transition("lost", reason=_why(exc))
+        self._retry()  # one immediate redial
 
-    async def _after_loss(self, why: str = "") -> None:
-        if self.model.state == "connected":
-            await self._send("lost", why)
-            await self._retry()
+    # --- health ---------------------------------------------------------------------------------
+
+    async def _health_supervisor(self) -> None:
+        """Keeps the health loop running: an unexpected error is logged, counted and the loop
+        restarted, so it can never die silently."""
+        while True:
+            try:
+                await self._health_loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("RDS %s: health loop failed; restarting it", self.config.name)
+            if self.metrics is not None:
+                self.metrics.health_restarts.inc()
+            await self.clock.sleep(self.config.health_interval)
 
     async def _health_loop(self) -> None:
-        # The SSH close callback sees a clean drop at once; this catches half-open links.
         while True:
             await self.clock.sleep(self.config.health_interval)
-            conn = self._conn
-            if conn is None or not self.connected:
-                continue
-            try:
-                await self.run(self.commands.health(), timeout=self.config.health_timeout)
-            except (TransportLostError, CommandTimeoutError) as exc:
-                log.warning("RDS %s: health check failed: %s", self.config.name, exc)
-                if conn is self._conn:
-                    conn.abort()  # connection_lost follows and the machine leaves connected
-            except RDSError:
-                pass  # the appliance answered: the link is alive
+            if self._conn is not None and self.connected:
+                await self.check_health()
+
+    async def check_health(self) -> str:
+        """One health command on its own channel; returns its outcome (`HEALTH_OUTCOMES`).
+
+        It never closes the link: a lost link is seen from the connection closing, a silent
+        one by SSH keepalive. A refused channel says nothing about the link, and an
+        unanswered command means a slow or hung appliance, which a new link would not cure
+        (and tearing this one down would turn every command in flight into an unknown)."""
+        command = self.commands.health()
+        progress = _Progress()
+        outcome = "ok"
+        try:
+            reply = await self._exchange(
+                command, self._health_slot, self.config.health_timeout, progress
+            )
+            self._accept(reply, command)
+        except CommandTimeoutError as exc:
+            outcome = "refused" if not exc.sent and progress.refused else "timeout"
+            log.warning(
+                "RDS %s: health command %s within %gs (%s); the link stays up",
+                self.config.name,
+                "not sent" if not exc.sent else "unanswered",
+                self.config.health_timeout,
+                "channel refused" if outcome == "refused" else "appliance slow or hung",
+            )
+        except (TransportLostError, UnavailableError, MisconfiguredError):
+            outcome = "lost"  # the connection is going; its close drives the machine
+        except RDSError as exc:
+            outcome = "error"  # the appliance answered: the link is alive
+            log.warning("RDS %s: health command answered with an error: %s", self.config.name, exc)
+        except Exception:
+            outcome = "error"
+            log.exception("RDS %s: health command failed unexpectedly", self.config.name)
+        if self.metrics is not None:
+            self.metrics.health.labels(outcome).inc()
+        return outcome
 
     # --- commands -------------------------------------------------------------------------------
 
     async def run(self, command: Command, timeout: float | None = None) -> str:
-        """Send one command; returns its output, or raises the classified `RDSError`."""
-        conn = self._conn
-        if conn is None or not self.connected:
-            raise UnavailableError(
-                f"appliance {self.config.name} is {self.state}, not connected", command=command
-            )
+        """Send one command; returns its stdout, or raises the classified `RDSError`."""
         started = self.clock.monotonic()
         try:
-            async with self._slots:
-                output = await self._deadline(
-                    self._exec(conn, command), timeout or self.config.command_timeout, command
-                )
-            error = classify(output, command)
-            if error is not None:
-                raise error
-            return output
+            self._live(command)  # fail fast: nothing is queued for a link that is down
+            reply = await self._exchange(
+                command, self._slots, timeout or self.config.command_timeout, _Progress()
+            )
+            return self._accept(reply, command)
         except RDSError as exc:
             if self.metrics is not None:
                 self.metrics.errors.labels(command.verb, type(exc).__name__).inc()
@@ -343,44 +629,165 @@ class RDSConnection:
             if self.metrics is not None:
                 self.metrics.duration.labels(command.verb).observe(self.clock.monotonic() - started)
 
-    async def _exec(self, conn: asyncssh.SSHClientConnection, command: Command) -> str:
-        limit = self.config.output_limit
+    def _live(self, command: Command) -> asyncssh.SSHClientConnection:
+        conn = self._conn
+        if conn is not None and self.connected:
+            return conn
+        if self.model.state == "misconfigured":
+            error = self._misconfigured()
+            error.command = command
+            raise error
+        raise UnavailableError(
+            f"appliance {self.config.name} is {self.state}, not connected", command=command
+        )
+
+    async def _exchange(
+        self, command: Command, lane: asyncio.Semaphore, timeout: float, progress: _Progress
+    ) -> _Reply:
+        """The whole exchange for one command under one deadline on the injected clock."""
         try:
-            process = await conn.create_process(command.line, encoding=None, stderr=asyncssh.STDOUT)
-        except (OSError, asyncssh.Error) as exc:
-            raise TransportLostError(
-                f"could not open a channel: {_why(exc)}", command=command
-            ) from exc
+            return await self._deadline(
+                self._attempts(command, lane, progress), timeout, command, progress
+            )
+        except CommandTimeoutError as exc:
+            if exc.sent:
+                log.warning("RDS %s: %s", self.config.name, exc)
+            raise
+
+    async def _attempts(
+        self, command: Command, lane: asyncio.Semaphore, progress: _Progress
+    ) -> _Reply:
+        await lane.acquire()
+        owned = True  # this coroutine releases the slot, unless a lingering channel holds it
         try:
-            chunks: list[bytes] = []
-            size = 0
+            delay = REFUSAL_FIRST_DELAY
             while True:
+                conn = self._live(command)
+                reply = progress.reply = _Reply(self.config.output_limit)
+                channel = asyncio.ensure_future(self._channel(conn, command, reply))
                 try:
-                    chunk = await process.stdout.read(65536)
-                except (OSError, asyncssh.Error) as exc:
-                    raise TransportLostError(
-                        f"channel failed: {_why(exc)}", command=command
-                    ) from exc
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > limit:
-                    raise UnparseableOutputError(
-                        f"reply longer than {limit} bytes",
-                        b"".join(chunks)[:200].decode("utf-8", "replace"),
-                        command=command,
-                    )
-                chunks.append(chunk)
-            await process.wait_closed()
-            if process.exit_status is None and process.exit_signal is None:
-                # EOF without an exit status: the channel or connection died mid-reply
-                raise TransportLostError("channel closed before the reply ended", command=command)
-            return b"".join(chunks).decode("utf-8", "replace")
+                    return await asyncio.shield(channel)
+                except asyncio.CancelledError:
+                    if not channel.done():
+                        owned = False
+                        self._linger(channel, lane)
+                    raise
+                except _Refused:
+                    progress.refused += 1
+                    if self.metrics is not None:
+                        self.metrics.refused.inc()
+                    jitter = 1.0 + REFUSAL_JITTER * self.rng.uniform(-1.0, 1.0)
+                    await self.clock.sleep(delay * jitter)
+                    delay = min(delay * 2, REFUSAL_MAX_DELAY)
         finally:
-            process.close()
+            if owned:
+                lane.release()
+
+    def _linger(self, channel: asyncio.Future[_Reply], lane: asyncio.Semaphore) -> None:
+        """A timed-out command keeps its slot until the server closes its channel (the
+        server holds the session until the process ends)."""
+        self.lingering += 1
+        if self.metrics is not None:
+            self.metrics.lingering.inc()
+
+        def done(fut: asyncio.Future[_Reply]) -> None:
+            self.lingering -= 1
+            if self.metrics is not None:
+                self.metrics.lingering.dec()
+            lane.release()
+            if not fut.cancelled():
+                fut.exception()  # retrieved: a late failure is of no interest to anyone
+
+        channel.add_done_callback(done)
+
+    async def _channel(
+        self, conn: asyncssh.SSHClientConnection, command: Command, reply: _Reply
+    ) -> _Reply:
+        """Open a channel, send the command and wait until the server closes the channel."""
+        try:
+            await conn.create_session(lambda: reply, command.line, encoding=None)
+        except asyncssh.ChannelOpenError as exc:
+            alive = conn is self._conn
+            if not reply.opened and alive:
+                raise _Refused() from exc  # the server said no: nothing ran
+            if not reply.opened:
+                raise UnavailableError(
+                    f"connection lost before the command was sent: {_why(exc)}", command=command
+                ) from exc
+            if alive:
+                # The exec request itself was refused on a live connection: nothing ran.
+                raise _Refused() from exc
+            raise TransportLostError(
+                f"connection lost while sending the command: {_why(exc)}", command=command
+            ) from exc
+        except Exception as exc:
+            # asyncssh may raise anything (AttributeError, AssertionError) when the connection
+            # dies during channel setup; whether the command left is then unknown.
+            if not reply.opened:
+                raise UnavailableError(
+                    f"could not open a channel: {_why(exc)}", command=command
+                ) from exc
+            raise TransportLostError(f"channel setup failed: {_why(exc)}", command=command) from exc
+        await reply.closed
+        return reply
+
+    def _accept(self, reply: _Reply, command: Command) -> str:
+        """The reply's stdout if it is provably whole and reports no error; else the error."""
+        stdout = reply.stdout.decode("utf-8", "replace")
+        stderr = reply.stderr.decode("utf-8", "replace")
+        if reply.overflow:
+            raise UnparseableOutputError(
+                f"reply longer than {reply.limit} bytes", stdout[:200], command=command
+            )
+        if reply.lost is not None:
+            raise TransportLostError(
+                f"connection lost before the reply ended: {_why(reply.lost)}", command=command
+            )
+        if stderr.strip():
+            self._stderr(stderr, command)
+        if reply.exit_signal is not None:
+            raise IncompleteReplyError(
+                f"reply cut short: the appliance-side process died of signal "
+                f"{reply.exit_signal} after {len(reply.stdout)} bytes",
+                command=command,
+            )
+        if reply.exit_status is None:
+            raise IncompleteReplyError(
+                "the channel closed without an exit status (reply incomplete)", command=command
+            )
+        error = classify(stdout, command)
+        if error is None and reply.exit_status != 0:
+            error = classify(stderr, command) or ApplianceFailureError(
+                f"exit status {reply.exit_status}"
+                + (f": {stderr.strip()[:200]}" if stderr.strip() else ""),
+                command=command,
+            )
+        if error is None:
+            error = classify(stderr, command)  # a device error printed on stderr
+        if error is not None:
+            raise error
+        return stdout
+
+    def _stderr(self, text: str, command: Command) -> None:
+        kind = classify_stderr(text)
+        if self.metrics is not None:
+            self.metrics.stderr.labels(kind).inc()
+        level = logging.DEBUG if kind == "notice" else logging.WARNING
+        log.log(
+            level,
+            "RDS %s: %s printed on stderr (%s): %r",
+            self.config.name,
+            command.verb,
+            kind,
+            text.strip()[:300],
+        )
 
     async def _deadline(
-        self, awaitable: Awaitable[T], timeout: float, command: Command | None
+        self,
+        awaitable: Awaitable[T],
+        timeout: float,
+        command: Command | None,
+        progress: _Progress | None = None,
     ) -> T:
         """Await with a timeout on the injected clock (tests advance it; nothing sleeps)."""
         task = asyncio.ensure_future(awaitable)
@@ -398,7 +805,11 @@ class RDSConnection:
             if expired:
                 if command is None:
                     raise TimeoutError(f"no answer within {timeout:g}s") from None
-                raise CommandTimeoutError(timeout, command=command) from None
+                sent = (
+                    progress is not None and progress.reply is not None and (progress.reply.opened)
+                )
+                raise CommandTimeoutError(timeout, command=command, sent=sent) from None
+            task.cancel()
             raise
         finally:
             handle.cancel()

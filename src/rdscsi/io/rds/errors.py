@@ -72,12 +72,31 @@ class TransportLostError(RDSError):
     """The SSH connection or channel failed mid-command (outcome unknown): UNAVAILABLE."""
 
 
-class CommandTimeoutError(RDSError):
-    """No complete reply within the per-command timeout (outcome unknown): DEADLINE_EXCEEDED."""
+class IncompleteReplyError(TransportLostError):
+    """The reply was cut short: the appliance-side process died (an exit signal) or the
+    channel closed without an exit status. What was printed is never parsed; the command
+    may have taken effect (outcome unknown): UNAVAILABLE."""
 
-    def __init__(self, timeout_s: float, *, command: Command | None = None) -> None:
+
+class CommandTimeoutError(RDSError):
+    """No complete reply within the command's deadline: DEADLINE_EXCEEDED.
+
+    The deadline covers the wait for a free channel, the channel open and the reply. With
+    `sent` False the command never left (no channel was free or the appliance refused every
+    open): safe to retry. Otherwise the outcome is unknown.
+    """
+
+    def __init__(
+        self, timeout_s: float, *, command: Command | None = None, sent: bool = True
+    ) -> None:
         self.timeout_s = timeout_s
-        super().__init__(f"no complete reply within {timeout_s:g}s", command=command)
+        self.sent = sent
+        detail = (
+            f"no complete reply within {timeout_s:g}s"
+            if sent
+            else f"not sent: no channel to the appliance within {timeout_s:g}s"
+        )
+        super().__init__(detail, command=command)
 
 
 class UnparseableOutputError(RDSError):
@@ -101,6 +120,30 @@ class UnavailableError(RDSError):
     """No connection to the device right now, nothing was sent: UNAVAILABLE."""
 
 
+class MisconfiguredError(RDSError):
+    """The appliance rejects the driver's configuration (its user or key, or its host key
+    matches no pin or known_hosts entry); nothing was sent: FAILED_PRECONDITION. Not an
+    outage: `setting` names what to fix, `fingerprint` is the key the server showed."""
+
+    def __init__(
+        self,
+        setting: str,
+        reason: str,
+        fingerprint: str = "",
+        *,
+        appliance: str = "",
+        command: Command | None = None,
+    ) -> None:
+        self.setting = setting
+        self.reason = reason
+        self.fingerprint = fingerprint
+        where = f"appliance {appliance}: " if appliance else ""
+        key = f" (server host key {fingerprint})" if fingerprint else ""
+        super().__init__(
+            f"{where}configuration rejected: {setting}: {reason}{key}", command=command
+        )
+
+
 class InvalidValueError(RDSError):
     """A value failed its allowlist before any command was built: INVALID_ARGUMENT."""
 
@@ -119,11 +162,13 @@ GRPC_CODE_NAME: dict[type[RDSError], str] = {
     NotEnoughSpaceError: "RESOURCE_EXHAUSTED",
     CommandSyntaxError: "INTERNAL",
     TransportLostError: "UNAVAILABLE",
+    IncompleteReplyError: "UNAVAILABLE",
     CommandTimeoutError: "DEADLINE_EXCEEDED",
     UnparseableOutputError: "INTERNAL",
     InUseError: "FAILED_PRECONDITION",
     ApplianceFailureError: "INTERNAL",
     UnavailableError: "UNAVAILABLE",
+    MisconfiguredError: "FAILED_PRECONDITION",
     InvalidValueError: "INVALID_ARGUMENT",
 }
 
@@ -188,3 +233,26 @@ def classify(output: str, command: Command | None = None) -> RDSError | None:
         if _BARE_FAILURE.match(line):
             return ApplianceFailureError(line, command=command, device_text=line)
     return None
+
+
+# What a server may print on stderr around a command that is not about the command: sshd's
+# session notices, login banners, motd-style greetings. Logged, never an error.
+_STDERR_NOTICE = re.compile(
+    r"^(?:could not chdir to home directory\b|warning:|welcome\b|last login\b|"
+    r"this system\b|authorized (?:users|access)\b|\*{3})",
+    re.IGNORECASE,
+)
+
+STDERR_KINDS = ("notice", "error", "other")
+
+
+def classify_stderr(text: str) -> str:
+    """What a command's stderr is: `error` (a device error line, see `classify`), `notice`
+    (session noise such as a banner or sshd's "Could not chdir to home directory"), or
+    `other`. stderr is never parsed as data."""
+    if classify(text) is not None:
+        return "error"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines and all(_STDERR_NOTICE.match(line) for line in lines):
+        return "notice"
+    return "other"
