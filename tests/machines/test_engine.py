@@ -135,3 +135,22 @@ def test_allowed_reports_without_changing_anything() -> None:
     assert tr is not None and tr.target == "attached"
     assert vol.state == "detached" and rig.sink.reasons() == []
     assert eng.allowed(vol, "node_ready", AttachInput(node="n1")) is None
+
+
+def test_a_self_loop_keeps_the_time_the_state_was_entered() -> None:
+    """A repeated publish (attached --publish--> attached) is not a new stay in `attached`:
+    time in state, grace periods and deadlines keep counting from the first entry."""
+    rig = make_rig()
+    eng = rig.machines.attachment
+    vol = eng.track(AttachmentModel("pvc-loop"))
+    eng.send(vol, "publish", AttachInput(node="n1"))
+    entered = vol.entered_at
+    rig.clock.advance(10.0)
+    step = eng.send(vol, "publish", AttachInput(node="n1"))
+    assert step.source == step.target == "attached"
+    assert vol.entered_at == entered and step.previous_entered_at == entered
+    rig.clock.advance(5.0)
+    eng.send(vol, "unpublish", AttachInput(node="n1"))
+    labels = {"machine": "attachment", "state": "attached"}
+    assert rig.sample("rds_csi_fsm_time_in_state_seconds_sum", labels) == 15.0
+    assert rig.sample("rds_csi_fsm_time_in_state_seconds_count", labels) == 1.0

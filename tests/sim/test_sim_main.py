@@ -115,6 +115,15 @@ def test_sim_main_runs_and_obeys_the_fault_client(
     with pytest.raises((asyncssh.Error, OSError)):
         ssh_run(data, ["/disk print"])
     fault(data, capsys, "refuse", "off")
+    whole, _ = ssh_run(data, ["/disk print detail where slot=pvc-m"])[0]
+    fault(data, capsys, "kill-mid", "1")
+    out, status = ssh_run(data, ["/disk print detail where slot=pvc-m"])[0]
+    assert status == -1 and 0 < len(out) < len(whole)  # cut short: a signal, no exit status
+    fault(data, capsys, "stderr", "Could not chdir to home directory")
+    assert ssh_run(data, ["/disk print count-only where slot=pvc-m"])[0] == ("1\n", 0)
+    fault(data, capsys, "refuse-channels", "1")
+    with pytest.raises(asyncssh.ChannelOpenError):
+        ssh_run(data, ["/disk print"])
     fault(data, capsys, "hang-match", "off")
     fault(data, capsys, "drop")
     cleared = fault(data, capsys, "clear")
@@ -130,6 +139,9 @@ def test_sim_main_runs_and_obeys_the_fault_client(
         "malformed_next": 0,
         "drop_mid_next": 0,
         "drop_mid_apply": False,
+        "kill_mid_next": 0,
+        "refuse_channels_next": 0,
+        "stderr_noise": None,
         "hanging": 0,
     }
 

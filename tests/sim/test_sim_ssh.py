@@ -103,6 +103,7 @@ async def test_host_key_and_state_survive_restart(
 async def test_twenty_concurrent_commands_on_one_connection(
     sim: Simulator, ssh: asyncssh.SSHClientConnection
 ) -> None:
+    sim.config.max_sessions = 32  # beyond OpenSSH's default of 10, as configured
     adds = [run(ssh, add_line(f"pvc-{i:02d}", f"{i + 1}M")) for i in range(20)]
     assert await asyncio.gather(*adds) == [("", 0)] * 20
     prints = [run(ssh, f"/disk print detail where slot=pvc-{i:02d}") for i in range(20)]
@@ -158,6 +159,7 @@ async def test_concurrent_allocations_are_atomic(
     sim: Simulator, ssh: asyncssh.SSHClientConnection
 ) -> None:
     sim.pool_size = 10 * 2**30
+    sim.config.max_sessions = 16  # all at once on one connection
     results = await asyncio.gather(*(run(ssh, add_line(f"pvc-{i}", "1G")) for i in range(16)))
     assert sorted(results) == [("", 0)] * 10 + [("failure: not enough space\n", 1)] * 6
     assert len(sim.store.disks) == 10 and sim.store.free_bytes() == 0
