@@ -157,6 +157,12 @@ class ConnectionModelTest(RuleBasedStateMachine):
             self.send("retry", jitter)
             self.send("rejected", jitter)
 
+    @precondition(lambda self: self.ref.state in ("connecting", "disconnected", "misconfigured"))
+    @rule()
+    def shut_down_midway(self) -> None:
+        # states a walk passes through quickly: make sure shutting down there is tried
+        self.send("close", 0.0)
+
     @invariant()
     def state_matches_reference(self) -> None:
         assert self.model.state == self.ref.state

@@ -26,6 +26,7 @@ from rdscsi.io.rds import (
     grpc_code_name,
 )
 from rdscsi.io.rds import errors as errors_module
+from rdscsi.io.rds.errors import IncompleteReplyError, MisconfiguredError
 
 BUILDER = CommandBuilder()
 ADD = BUILDER.disk_add(
@@ -99,18 +100,20 @@ def test_every_error_type_is_mapped_and_documented() -> None:
         for obj in vars(errors_module).values()
         if isinstance(obj, type) and issubclass(obj, RDSError)
     ]
-    assert len(types) == 12
+    assert len(types) == 14
     expected = {
         NotFoundError: "NOT_FOUND",
         AlreadyExistsError: "ALREADY_EXISTS",
         NotEnoughSpaceError: "RESOURCE_EXHAUSTED",
         CommandSyntaxError: "INTERNAL",
         TransportLostError: "UNAVAILABLE",
+        IncompleteReplyError: "UNAVAILABLE",
         CommandTimeoutError: "DEADLINE_EXCEEDED",
         UnparseableOutputError: "INTERNAL",
         InUseError: "FAILED_PRECONDITION",
         ApplianceFailureError: "INTERNAL",
         UnavailableError: "UNAVAILABLE",
+        MisconfiguredError: "FAILED_PRECONDITION",
         InvalidValueError: "INVALID_ARGUMENT",
     }
     for cls in types:

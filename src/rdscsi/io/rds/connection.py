@@ -808,7 +808,10 @@ class RDSConnection:
                 sent = (
                     progress is not None and progress.reply is not None and (progress.reply.opened)
                 )
-                raise CommandTimeoutError(timeout, command=command, sent=sent) from None
+                refused = progress.refused if progress is not None else 0
+                raise CommandTimeoutError(
+                    timeout, command=command, sent=sent, refused=refused
+                ) from None
             task.cancel()
             raise
         finally:

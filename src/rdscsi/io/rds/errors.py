@@ -73,29 +73,35 @@ class TransportLostError(RDSError):
 
 
 class IncompleteReplyError(TransportLostError):
-    """The reply was cut short: the appliance-side process died (an exit signal) or the
-    channel closed without an exit status. What was printed is never parsed; the command
-    may have taken effect (outcome unknown): UNAVAILABLE."""
+    """The reply was cut short (exit signal, no exit status); outcome unknown: UNAVAILABLE."""
+
+    # The appliance-side process died mid-reply, or the channel closed without an exit
+    # status. What was printed is never parsed; the command may have taken effect.
 
 
 class CommandTimeoutError(RDSError):
-    """No complete reply within the command's deadline: DEADLINE_EXCEEDED.
+    """No complete reply by the command's deadline (see `sent`): DEADLINE_EXCEEDED."""
 
-    The deadline covers the wait for a free channel, the channel open and the reply. With
-    `sent` False the command never left (no channel was free or the appliance refused every
-    open): safe to retry. Otherwise the outcome is unknown.
-    """
+    # The deadline covers the wait for a free channel, the channel open and the reply. With
+    # `sent` False the command never left (no channel was free, or the appliance refused
+    # every open: `refused` counts them): safe to retry. Otherwise the outcome is unknown.
 
     def __init__(
-        self, timeout_s: float, *, command: Command | None = None, sent: bool = True
+        self,
+        timeout_s: float,
+        *,
+        command: Command | None = None,
+        sent: bool = True,
+        refused: int = 0,
     ) -> None:
         self.timeout_s = timeout_s
         self.sent = sent
-        detail = (
-            f"no complete reply within {timeout_s:g}s"
-            if sent
-            else f"not sent: no channel to the appliance within {timeout_s:g}s"
-        )
+        self.refused = refused
+        if sent:
+            detail = f"no complete reply within {timeout_s:g}s"
+        else:
+            why = f" ({refused} channel opens refused)" if refused else ""
+            detail = f"not sent: no channel to the appliance within {timeout_s:g}s{why}"
         super().__init__(detail, command=command)
 
 
@@ -121,9 +127,10 @@ class UnavailableError(RDSError):
 
 
 class MisconfiguredError(RDSError):
-    """The appliance rejects the driver's configuration (its user or key, or its host key
-    matches no pin or known_hosts entry); nothing was sent: FAILED_PRECONDITION. Not an
-    outage: `setting` names what to fix, `fingerprint` is the key the server showed."""
+    """The appliance rejects a setting (login, host key); nothing sent: FAILED_PRECONDITION."""
+
+    # Not an outage: `setting` names what to fix (the user's key, the pinned host keys or
+    # the known_hosts file), `fingerprint` is the host key the server showed.
 
     def __init__(
         self,
