@@ -12,6 +12,7 @@ import asyncio
 import getpass
 import random
 import shutil
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,25 @@ from rdscsi.sim import SimConfig, Simulator
 from rdscsi.testing.openssh import Sshd, unavailable_reason
 
 SERVERS = ("sim", "openssh")
+WATCHDOG_S = 60.0  # no test here takes a tenth of this; past it, show what every task waits on
+
+
+@pytest.fixture(autouse=True)
+async def watchdog() -> AsyncIterator[None]:
+    """Set up first, torn down last: if a test (or a fixture's teardown) hangs, print where
+    every asyncio task is waiting (past the output capture), so a hang is never silent."""
+
+    async def bark() -> None:
+        await asyncio.sleep(WATCHDOG_S)
+        out = sys.__stderr__
+        print(f"=== watchdog: still running after {WATCHDOG_S:g}s; the tasks:", file=out)
+        for task in asyncio.all_tasks():
+            print(f"--- {task.get_name()}: {task.get_coro()}", file=out)
+            task.print_stack(file=out)
+
+    dog = asyncio.ensure_future(bark())
+    yield
+    dog.cancel()
 
 
 @dataclass
@@ -128,6 +148,14 @@ async def started(bench: Bench, clock: Clock | None = None, **overrides: object)
     await conn.start()
     await asyncio.wait_for(conn.wait_for("connected", "backoff", "misconfigured"), 15)
     return conn
+
+
+async def hanging(bench: Bench, count: int, timeout: float = 15) -> None:
+    """Until `count` commands hang in the simulator (0: until none does); bounded, so a
+    command that never arrives fails the test instead of stalling the suite."""
+    faults = bench.sim.faults
+    wait = faults.wait_hanging(count) if count else faults.wait_not_hanging()
+    await asyncio.wait_for(wait, timeout)
 
 
 async def until(conn: RDSConnection, predicate: Callable[[], bool], timeout: float = 15) -> None:

@@ -22,7 +22,7 @@ from rdscsi.io.rds.errors import (
     UnparseableOutputError,
 )
 
-from .conftest import Bench, started, until
+from .conftest import Bench, hanging, started, until
 
 GIB = 1 << 30
 
@@ -176,7 +176,7 @@ async def test_output_cap(bench: Bench) -> None:
     with pytest.raises(UnparseableOutputError, match="longer than 64 bytes"):
         await conn.run(conn.commands.pool_print())
     assert conn.state == "connected"
-    await bench.sim.faults.wait_not_hanging()
+    await hanging(bench, 0)
 
 
 # --- host keys -------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from rdscsi.io.rds.errors import TransportLostError
 from rdscsi.testing.partition import PartitionProxy
 
-from .conftest import Bench, started, until
+from .conftest import Bench, hanging, started, until
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 10) -> None:
@@ -34,7 +34,7 @@ async def test_health_check_has_its_own_channel(bench: Bench) -> None:
         asyncio.ensure_future(conn.run(conn.commands.pool_print()))
         for _ in range(conn.config.max_concurrency)
     ]
-    await bench.sim.faults.wait_hanging(conn.config.max_concurrency)
+    await hanging(bench, conn.config.max_concurrency)
     bench.clock.advance(conn.config.health_interval)
     await eventually(lambda: health(bench, "ok") == 1)
     bench.sim.faults.hang_match = None
@@ -58,7 +58,7 @@ async def test_a_refused_health_check_keeps_the_link(bench: Bench) -> None:
     conn = await started(bench)
     bench.sim.faults.hang_next(2)
     hung = [asyncio.ensure_future(conn.run(conn.commands.pool_print())) for _ in "ab"]
-    await bench.sim.faults.wait_hanging(2)
+    await hanging(bench, 2)
     outcome = await _check_while_advancing(bench, asyncio.ensure_future(conn.check_health()))
     assert outcome == "refused"
     assert health(bench, "refused") >= 1
@@ -74,7 +74,7 @@ async def test_an_unanswered_health_check_keeps_the_link(bench: Bench) -> None:
     conn = await started(bench)
     bench.sim.faults.hang_next(1)
     check = asyncio.ensure_future(conn.check_health())
-    await bench.sim.faults.wait_hanging(1)
+    await hanging(bench, 1)
     bench.clock.advance(conn.config.health_timeout)
     assert await check == "timeout"
     assert conn.state == "connected" and bench.sink.reasons() == []
@@ -117,7 +117,7 @@ async def test_silent_partition_with_every_slot_busy(bench: Bench) -> None:
             asyncio.ensure_future(conn.run(conn.commands.pool_print()))
             for _ in range(conn.config.max_concurrency)
         ]
-        await bench.sim.faults.wait_hanging(conn.config.max_concurrency)
+        await hanging(bench, conn.config.max_concurrency)
         proxy.partition()
         cut = time.monotonic()
         await until(conn, lambda: conn.state != "connected", timeout=bound + 5)

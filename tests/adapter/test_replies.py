@@ -19,7 +19,7 @@ from rdscsi.io.rds.errors import (
     grpc_code_name,
 )
 
-from .conftest import Bench, started
+from .conftest import Bench, hanging, started
 
 GIB = 1 << 30
 CHDIR = "Could not chdir to home directory /home/admin: No such file or directory"
@@ -162,7 +162,7 @@ async def test_one_deadline_covers_the_wait_for_a_slot(bench: Bench) -> None:
     runs = [
         asyncio.ensure_future(conn.run(conn.commands.pool_print(), timeout=2.0)) for _ in range(6)
     ]
-    await bench.sim.faults.wait_hanging(2)
+    await hanging(bench, 2)
     bench.clock.advance(2.0)
     results = await asyncio.gather(*runs, return_exceptions=True)
     assert all(isinstance(r, CommandTimeoutError) for r in results), results
@@ -181,7 +181,7 @@ async def test_timed_out_commands_hold_their_slot_until_the_server_frees_it(
     conn = await started(bench, max_concurrency=2)
     bench.sim.faults.hang_next(2)
     hung = [asyncio.ensure_future(conn.run(conn.commands.pool_print(), timeout=1.0)) for _ in "ab"]
-    await bench.sim.faults.wait_hanging(2)
+    await hanging(bench, 2)
     bench.clock.advance(1.0)
     for task in hung:
         with pytest.raises(CommandTimeoutError, match="no complete reply"):

@@ -35,7 +35,7 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncssh
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -45,17 +45,15 @@ from ...machines import ConnectionModel, ConnInput, Engine, HookFailed
 from .commands import Command, CommandBuilder
 from .errors import (
     STDERR_KINDS,
-    ApplianceFailureError,
     CommandTimeoutError,
-    IncompleteReplyError,
     MisconfiguredError,
     RDSError,
     TransportLostError,
     UnavailableError,
-    UnparseableOutputError,
-    classify,
     classify_stderr,
 )
+from .reply import Refused, Reply, accept, why
+from .trust import Client, client_keys, known_hosts, rejection
 
 log = logging.getLogger("rdscsi.rds")
 
@@ -188,97 +186,9 @@ class CommandMetrics:
         )
 
 
-class _Client(asyncssh.SSHClient):
-    """Tells the owner the moment the SSH connection closes (no polling), and remembers the
-    host key a server showed, for naming it when it is not trusted."""
-
-    def __init__(self, on_lost: Callable[[asyncssh.SSHClientConnection, Exception | None], None]):
-        self._on_lost = on_lost
-        self._conn: asyncssh.SSHClientConnection | None = None
-        self.offered: asyncssh.SSHKey | None = None
-
-    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
-        self._conn = conn
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._conn is not None:
-            self._on_lost(self._conn, exc)
-
-    def validate_host_public_key(
-        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
-    ) -> bool:
-        self.offered = key  # asked only for a key no pin or known_hosts entry trusts
-        return False
-
-    def server_key(self) -> asyncssh.SSHKey | None:
-        if self.offered is not None:
-            return self.offered
-        if self._conn is not None:
-            key: asyncssh.SSHKey | None = self._conn.get_server_host_key()
-            return key
-        return None
-
-
-class _Reply(asyncssh.SSHClientSession[bytes]):
-    """One command's reply: stdout and stderr apart, how the process ended, and the moment
-    the channel closed (only then has the server freed the session)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.stdout = bytearray()
-        self.stderr = bytearray()
-        self.exit_status: int | None = None
-        self.exit_signal: str | None = None
-        self.overflow = False
-        self.opened = False  # the channel was open, so the command may have been sent
-        self.lost: Exception | None = None  # the connection died before the channel closed
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._chan: asyncssh.SSHClientChannel[bytes] | None = None
-
-    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
-        self._chan = chan
-        self.opened = True
-
-    def data_received(self, data: bytes, datatype: int | None) -> None:
-        if self.overflow:
-            return
-        if len(self.stdout) + len(self.stderr) + len(data) > self.limit:
-            self.overflow = True
-            if self._chan is not None:
-                self._chan.close()
-            return
-        if datatype == asyncssh.EXTENDED_DATA_STDERR:
-            self.stderr.extend(data)
-        else:
-            self.stdout.extend(data)
-
-    def exit_status_received(self, status: int) -> None:
-        self.exit_status = status
-
-    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
-        self.exit_signal = signal
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = exc
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-
-class _Refused(Exception):
-    """The server refused the channel open: nothing was sent."""
-
-
-class _Rejected(Exception):
-    """The appliance, or our own files, rejected the configuration: a setting is wrong."""
-
-    def __init__(self, setting: str, reason: str, fingerprint: str = "") -> None:
-        self.setting, self.reason, self.fingerprint = setting, reason, fingerprint
-        super().__init__(f"{setting}: {reason}")
-
-
 @dataclass
 class _Progress:
-    reply: _Reply | None = None
+    reply: Reply | None = None
     refused: int = 0
 
 
@@ -398,49 +308,17 @@ class RDSConnection:
             self._dial_once(), name=f"rds-dial-{self.config.name}"
         )
 
-    def _known_hosts(self) -> Any:
-        """What asyncssh trusts; a pin or file we cannot read is a rejected setting."""
-        cfg = self.config
-        if cfg.insecure_skip_host_key_check:
-            return None
-        keys: list[asyncssh.SSHKey] = []
-        for pinned in cfg.host_keys:
-            try:
-                keys.append(asyncssh.import_public_key(pinned))
-            except (asyncssh.KeyImportError, ValueError) as exc:
-                raise _Rejected(
-                    "rds.host_keys", f"not a public key: {pinned[:40]!r}: {exc}"
-                ) from exc
-        if cfg.known_hosts:
-            try:
-                known = asyncssh.read_known_hosts(str(cfg.known_hosts))
-            except (OSError, ValueError) as exc:
-                raise _Rejected("rds.known_hosts", f"cannot read {cfg.known_hosts}: {exc}") from exc
-            if not keys:
-                return known
-            keys.extend(known.match(cfg.address, "", cfg.port)[0])  # both: file and pins
-        return (keys, [], [])
-
-    def _client_keys(self) -> Sequence[asyncssh.SSHKeyPair] | None:
-        paths = [str(k) for k in self.config.client_keys]
-        if not paths:
-            return None
-        try:
-            return asyncssh.load_keypairs(paths)
-        except (OSError, asyncssh.KeyImportError, ValueError) as exc:
-            raise _Rejected("rds.key_file", f"cannot load {', '.join(paths)}: {exc}") from exc
-
     async def _dial_once(self) -> None:
         cfg = self.config
-        client = _Client(self._lost)
+        client = Client(self._lost)
         try:
             conn = await self._deadline(
                 asyncssh.connect(
                     cfg.address,
                     cfg.port,
                     username=cfg.user,
-                    client_keys=self._client_keys(),
-                    known_hosts=self._known_hosts(),
+                    client_keys=client_keys(cfg),
+                    known_hosts=known_hosts(cfg),
                     client_factory=lambda: client,
                     agent_path=None,
                     preferred_auth="publickey",
@@ -456,12 +334,19 @@ class RDSConnection:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            rejected = await self._rejection(exc, client)
+            rejected = await rejection(
+                exc,
+                client,
+                cfg,
+                lambda: self._deadline(
+                    asyncssh.get_server_host_key(cfg.address, cfg.port), cfg.connect_timeout, None
+                ),
+            )
             if self.model.state not in ("connecting", "reconnecting"):
                 return
             if rejected is None:
-                log.warning("RDS %s: dial failed: %s", cfg.name, _why(exc))
-                self._transition("failed", reason=_why(exc))
+                log.warning("RDS %s: dial failed: %s", cfg.name, why(exc))
+                self._transition("failed", reason=why(exc))
             else:
                 self._transition(
                     "rejected",
@@ -486,42 +371,6 @@ class RDSConnection:
         self._conn = conn
         self._transition("succeeded")
         log.info("RDS %s: connected", cfg.name)
-
-    async def _rejection(self, exc: Exception, client: _Client) -> _Rejected | None:
-        """The setting a failed dial says is wrong, or None for an outage."""
-        cfg = self.config
-        if isinstance(exc, _Rejected):
-            return exc
-        if isinstance(exc, asyncssh.PermissionDenied):
-            key = client.server_key()
-            return _Rejected(
-                "rds.key_file",
-                f"the appliance refused user {cfg.user!r} with the key in "
-                f"{', '.join(str(k) for k in cfg.client_keys) or '(none)'} (check rds.user "
-                "and the appliance's authorized keys)",
-                key.get_fingerprint() if key is not None else "",
-            )
-        if isinstance(exc, asyncssh.HostKeyNotVerifiable):
-            setting = "rds.host_keys" if cfg.host_keys else "rds.known_hosts"
-            key = client.offered
-            if key is None:  # refused before we were asked (a revoked key): look it up
-                with contextlib.suppress(Exception):
-                    key = await self._deadline(
-                        asyncssh.get_server_host_key(cfg.address, cfg.port),
-                        cfg.connect_timeout,
-                        None,
-                    )
-            trusted = {
-                "rds.host_keys": "no pinned key",
-                "rds.known_hosts": f"no entry of {cfg.known_hosts} for {cfg.name}",
-            }[setting]
-            why = "is revoked" if "revoked" in str(exc) else f"matches {trusted}"
-            return _Rejected(
-                setting,
-                f"the server's host key {why}",
-                key.get_fingerprint() if key is not None else "unknown",
-            )
-        return None
 
     def _misconfigured(self) -> MisconfiguredError:
         m = self.model
@@ -548,8 +397,8 @@ class RDSConnection:
         self._conn = None
         if self.model.state != "connected":
             return
-        log.warning("RDS %s: connection lost: %s", self.config.name, _why(exc))
-        self._transition("lost", reason=_why(exc))
+        log.warning("RDS %s: connection lost: %s", self.config.name, why(exc))
+        self._transition("lost", reason=why(exc))
         self._retry()  # one immediate redial
 
     # --- health ---------------------------------------------------------------------------------
@@ -588,7 +437,7 @@ class RDSConnection:
             reply = await self._exchange(
                 command, self._health_slot, self.config.health_timeout, progress
             )
-            self._accept(reply, command)
+            accept(reply, command, lambda text: self._stderr(text, command))
         except CommandTimeoutError as exc:
             outcome = "refused" if not exc.sent and progress.refused else "timeout"
             log.warning(
@@ -620,7 +469,7 @@ class RDSConnection:
             reply = await self._exchange(
                 command, self._slots, timeout or self.config.command_timeout, _Progress()
             )
-            return self._accept(reply, command)
+            return accept(reply, command, lambda text: self._stderr(text, command))
         except RDSError as exc:
             if self.metrics is not None:
                 self.metrics.errors.labels(command.verb, type(exc).__name__).inc()
@@ -643,7 +492,7 @@ class RDSConnection:
 
     async def _exchange(
         self, command: Command, lane: asyncio.Semaphore, timeout: float, progress: _Progress
-    ) -> _Reply:
+    ) -> Reply:
         """The whole exchange for one command under one deadline on the injected clock."""
         try:
             return await self._deadline(
@@ -656,14 +505,14 @@ class RDSConnection:
 
     async def _attempts(
         self, command: Command, lane: asyncio.Semaphore, progress: _Progress
-    ) -> _Reply:
+    ) -> Reply:
         await lane.acquire()
         owned = True  # this coroutine releases the slot, unless a lingering channel holds it
         try:
             delay = REFUSAL_FIRST_DELAY
             while True:
                 conn = self._live(command)
-                reply = progress.reply = _Reply(self.config.output_limit)
+                reply = progress.reply = Reply(self.config.output_limit)
                 channel = asyncio.ensure_future(self._channel(conn, command, reply))
                 try:
                     return await asyncio.shield(channel)
@@ -672,7 +521,7 @@ class RDSConnection:
                         owned = False
                         self._linger(channel, lane)
                     raise
-                except _Refused:
+                except Refused:
                     progress.refused += 1
                     if self.metrics is not None:
                         self.metrics.refused.inc()
@@ -683,14 +532,14 @@ class RDSConnection:
             if owned:
                 lane.release()
 
-    def _linger(self, channel: asyncio.Future[_Reply], lane: asyncio.Semaphore) -> None:
+    def _linger(self, channel: asyncio.Future[Reply], lane: asyncio.Semaphore) -> None:
         """A timed-out command keeps its slot until the server closes its channel (the
         server holds the session until the process ends)."""
         self.lingering += 1
         if self.metrics is not None:
             self.metrics.lingering.inc()
 
-        def done(fut: asyncio.Future[_Reply]) -> None:
+        def done(fut: asyncio.Future[Reply]) -> None:
             self.lingering -= 1
             if self.metrics is not None:
                 self.metrics.lingering.dec()
@@ -701,72 +550,35 @@ class RDSConnection:
         channel.add_done_callback(done)
 
     async def _channel(
-        self, conn: asyncssh.SSHClientConnection, command: Command, reply: _Reply
-    ) -> _Reply:
+        self, conn: asyncssh.SSHClientConnection, command: Command, reply: Reply
+    ) -> Reply:
         """Open a channel, send the command and wait until the server closes the channel."""
         try:
             await conn.create_session(lambda: reply, command.line, encoding=None)
         except asyncssh.ChannelOpenError as exc:
             alive = conn is self._conn
             if not reply.opened and alive:
-                raise _Refused() from exc  # the server said no: nothing ran
+                raise Refused() from exc  # the server said no: nothing ran
             if not reply.opened:
                 raise UnavailableError(
-                    f"connection lost before the command was sent: {_why(exc)}", command=command
+                    f"connection lost before the command was sent: {why(exc)}", command=command
                 ) from exc
             if alive:
                 # The exec request itself was refused on a live connection: nothing ran.
-                raise _Refused() from exc
+                raise Refused() from exc
             raise TransportLostError(
-                f"connection lost while sending the command: {_why(exc)}", command=command
+                f"connection lost while sending the command: {why(exc)}", command=command
             ) from exc
         except Exception as exc:
             # asyncssh may raise anything (AttributeError, AssertionError) when the connection
             # dies during channel setup; whether the command left is then unknown.
             if not reply.opened:
                 raise UnavailableError(
-                    f"could not open a channel: {_why(exc)}", command=command
+                    f"could not open a channel: {why(exc)}", command=command
                 ) from exc
-            raise TransportLostError(f"channel setup failed: {_why(exc)}", command=command) from exc
+            raise TransportLostError(f"channel setup failed: {why(exc)}", command=command) from exc
         await reply.closed
         return reply
-
-    def _accept(self, reply: _Reply, command: Command) -> str:
-        """The reply's stdout if it is provably whole and reports no error; else the error."""
-        stdout = reply.stdout.decode("utf-8", "replace")
-        stderr = reply.stderr.decode("utf-8", "replace")
-        if reply.overflow:
-            raise UnparseableOutputError(
-                f"reply longer than {reply.limit} bytes", stdout[:200], command=command
-            )
-        if reply.lost is not None:
-            raise TransportLostError(
-                f"connection lost before the reply ended: {_why(reply.lost)}", command=command
-            )
-        if stderr.strip():
-            self._stderr(stderr, command)
-        if reply.exit_signal is not None:
-            raise IncompleteReplyError(
-                f"reply cut short: the appliance-side process died of signal "
-                f"{reply.exit_signal} after {len(reply.stdout)} bytes",
-                command=command,
-            )
-        if reply.exit_status is None:
-            raise IncompleteReplyError(
-                "the channel closed without an exit status (reply incomplete)", command=command
-            )
-        error = classify(stdout, command)
-        if error is None and reply.exit_status != 0:
-            error = classify(stderr, command) or ApplianceFailureError(
-                f"exit status {reply.exit_status}"
-                + (f": {stderr.strip()[:200]}" if stderr.strip() else ""),
-                command=command,
-            )
-        if error is None:
-            error = classify(stderr, command)  # a device error printed on stderr
-        if error is not None:
-            raise error
-        return stdout
 
     def _stderr(self, text: str, command: Command) -> None:
         kind = classify_stderr(text)
@@ -816,10 +628,3 @@ class RDSConnection:
             raise
         finally:
             handle.cancel()
-
-
-def _why(exc: BaseException | None) -> str:
-    if exc is None:
-        return "closed"
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if str(exc) else text
