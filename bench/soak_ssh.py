@@ -3,7 +3,7 @@ the adapter's channel cap must keep every command clear of the server's session 
 
 Not part of `make test` (it runs for minutes). Many workers send a mix of reads and
 create/remove cycles through one connection with the default settings (5 command channels
-plus the health check, which here runs every second); every 15 s two commands are made to
+plus the health check, which here runs every second); every 20 s two commands are made to
 hang past their deadline (their sessions linger on the server until released). Prints one
 JSON object with --json. Target: `failed_by_refusal` == 0 (no command failed because the
 server refused its channel; refused opens may be retried, `refused_opens_retried`), no lost
@@ -35,8 +35,8 @@ from rdscsi.io.rds.errors import CommandTimeoutError, RDSError
 from rdscsi.testing.openssh import unavailable_reason
 
 COMMAND_TIMEOUT = 10.0
-HANG_EVERY = 15.0  # seconds between injected hangs
-HANG_FOR = 7.0  # the hung commands are released after this long (past their deadline)
+HANG_EVERY = 20.0  # seconds between injected hangs
+HANG_FOR = 12.0  # the hung commands are released after this long (past their deadline)
 
 
 def _sample(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:

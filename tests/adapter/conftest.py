@@ -15,14 +15,19 @@ import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
+import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from rdscsi.app import ControllerApp, build_controller
 from rdscsi.clock import Clock, ManualClock
+from rdscsi.config import ApplianceConfig, DriverConfig
+from rdscsi.csi import csi_pb2 as pb
 from rdscsi.hooks.events import MemorySink
 from rdscsi.hooks.wiring import Machines, build_machines
 from rdscsi.io.rds.connection import CommandMetrics, RDSConfig, RDSConnection
@@ -223,3 +228,47 @@ async def bench(
         for conn in bench.opened:  # a failed test must not leave a dialler behind
             await conn.close()
         await stop_server(server)
+
+
+@asynccontextmanager
+async def controller(
+    bench: Bench, short_dir: Path, **rds: object
+) -> AsyncIterator[tuple[ControllerApp, grpc.aio.Channel]]:
+    """The controller as shipped (`build_controller`) against the bench's server, on the
+    bench's clock, and a gRPC channel to its CSI socket."""
+    settings: dict[str, object] = {
+        "address": "127.0.0.1",
+        "port": bench.server.port,
+        "user": bench.server.user,
+        "key_file": str(bench.key_file),
+        "host_keys": [bench.server.host_key],
+    }
+    settings.update(rds)
+    config = DriverConfig(
+        controller=True,
+        endpoint=f"unix://{short_dir / 'csi.sock'}",
+        rds=ApplianceConfig(**settings),  # type: ignore[arg-type]
+        known_nodes=["node-a"],
+    ).validate()
+    app = build_controller(config, bench.clock, MemorySink(), CollectorRegistry())
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(config.endpoint) as channel:
+            yield app, channel
+    finally:
+        await app.stop()
+
+
+def create_request(name: str) -> pb.CreateVolumeRequest:
+    return pb.CreateVolumeRequest(
+        name=name,
+        volume_capabilities=[
+            pb.VolumeCapability(
+                mount=pb.VolumeCapability.MountVolume(),
+                access_mode=pb.VolumeCapability.AccessMode(
+                    mode=pb.VolumeCapability.AccessMode.SINGLE_NODE_WRITER
+                ),
+            )
+        ],
+        capacity_range=pb.CapacityRange(required_bytes=1 << 20),
+    )

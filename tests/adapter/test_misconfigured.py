@@ -11,16 +11,12 @@ from pathlib import Path
 import asyncssh
 import grpc
 import pytest
-from prometheus_client import CollectorRegistry
 
-from rdscsi.app import build_controller
-from rdscsi.config import ApplianceConfig, DriverConfig
 from rdscsi.csi import csi_pb2 as pb
 from rdscsi.csi import csi_pb2_grpc
-from rdscsi.hooks.events import MemorySink
 from rdscsi.io.rds.errors import MisconfiguredError, grpc_code_name
 
-from .conftest import Bench, started, until
+from .conftest import Bench, controller, started, until
 
 
 def fingerprint(public_key: str) -> str:
@@ -106,6 +102,7 @@ async def test_a_refused_login_is_named_then_fixed(bench: Bench) -> None:
     assert conn.state == "misconfigured"
     assert conn.model.setting == "rds.key_file"
     assert str(wrong_file) in conn.model.reason
+    assert wrong.get_fingerprint() in conn.model.reason  # the key to authorise
     assert conn.model.fingerprint == fingerprint(bench.server.host_key)
     assert bench.sample("rds_csi_rds_config_rejected_total", {"setting": "rds.key_file"}) == 1
     assert_not_an_outage(bench)
@@ -127,43 +124,26 @@ async def test_probe_and_rpcs_through_the_controller_say_what_to_fix(
 ) -> None:
     """The controller as shipped: Probe answers FAILED_PRECONDITION naming the setting and
     the server's key (an unhealthy plugin, not one still starting), and so do RPCs."""
-    config = DriverConfig(
-        controller=True,
-        endpoint=f"unix://{short_dir / 'csi.sock'}",
-        rds=ApplianceConfig(
-            address="127.0.0.1",
-            port=bench.server.port,
-            user=bench.server.user,
-            key_file=str(bench.key_file),
-            host_keys=[a_stranger()],
-        ),
-        known_nodes=["node-a"],
-    ).validate()
-    app = build_controller(config, bench.clock, MemorySink(), CollectorRegistry())
-    await app.start()
-    try:
+    async with controller(bench, short_dir, host_keys=[a_stranger()]) as (app, channel):
         await until(app.rds, lambda: app.rds.state == "misconfigured")
-        async with grpc.aio.insecure_channel(config.endpoint) as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as probe:
-                await csi_pb2_grpc.IdentityStub(channel).Probe(pb.ProbeRequest())
-            assert probe.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            details = probe.value.details() or ""
-            assert "rds.host_keys" in details
-            assert fingerprint(bench.server.host_key) in details
-            with pytest.raises(grpc.aio.AioRpcError) as create:
-                await csi_pb2_grpc.ControllerStub(channel).CreateVolume(
-                    pb.CreateVolumeRequest(
-                        name="pvc-1",
-                        volume_capabilities=[
-                            pb.VolumeCapability(
-                                mount=pb.VolumeCapability.MountVolume(),
-                                access_mode=pb.VolumeCapability.AccessMode(
-                                    mode=pb.VolumeCapability.AccessMode.SINGLE_NODE_WRITER
-                                ),
-                            )
-                        ],
-                    )
+        with pytest.raises(grpc.aio.AioRpcError) as probe:
+            await csi_pb2_grpc.IdentityStub(channel).Probe(pb.ProbeRequest())
+        assert probe.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        details = probe.value.details() or ""
+        assert "rds.host_keys" in details
+        assert fingerprint(bench.server.host_key) in details
+        with pytest.raises(grpc.aio.AioRpcError) as create:
+            await csi_pb2_grpc.ControllerStub(channel).CreateVolume(
+                pb.CreateVolumeRequest(
+                    name="pvc-1",
+                    volume_capabilities=[
+                        pb.VolumeCapability(
+                            mount=pb.VolumeCapability.MountVolume(),
+                            access_mode=pb.VolumeCapability.AccessMode(
+                                mode=pb.VolumeCapability.AccessMode.SINGLE_NODE_WRITER
+                            ),
+                        )
+                    ],
                 )
-            assert create.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    finally:
-        await app.stop()
+            )
+        assert create.value.code() == grpc.StatusCode.FAILED_PRECONDITION

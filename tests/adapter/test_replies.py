@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
+import grpc
 import pytest
 
 from rdscsi.clock import LoopClock
+from rdscsi.csi import csi_pb2_grpc
 from rdscsi.io.rds import parse
 from rdscsi.io.rds.errors import (
     ApplianceFailureError,
@@ -19,7 +22,7 @@ from rdscsi.io.rds.errors import (
     grpc_code_name,
 )
 
-from .conftest import Bench, hanging, started
+from .conftest import Bench, controller, create_request, hanging, started, until
 
 GIB = 1 << 30
 CHDIR = "Could not chdir to home directory /home/admin: No such file or directory"
@@ -212,6 +215,30 @@ async def test_exceptions_in_channel_setup_are_transport_errors(bench: Bench) ->
         await conn.run(conn.commands.pool_print())
     assert grpc_code_name(err.value) == "UNAVAILABLE"
     assert await conn.check_health() == "lost"  # and the health check survives it
+
+
+async def test_an_appliance_hang_bounds_every_rpc(bench: Bench, short_dir: Path) -> None:
+    """The appliance stops answering with more CreateVolume calls in flight than channels:
+    every call answers DEADLINE_EXCEEDED when its first command's one deadline passes, the
+    queued ones included (the wait for a slot is inside the deadline)."""
+    async with controller(bench, short_dir) as (app, channel):
+        await until(app.rds, lambda: app.rds.connected)
+        bench.sim.faults.hang_match = "/disk"
+        stub = csi_pb2_grpc.ControllerStub(channel)
+        calls = [
+            asyncio.ensure_future(stub.CreateVolume(create_request(f"pvc-{i}"))) for i in range(12)
+        ]
+        await hanging(bench, app.rds.config.max_concurrency)
+        deadline = bench.clock.monotonic() + app.rds.config.command_timeout
+        while sum(1 for due in bench.clock.pending() if due == deadline) < 12:
+            await asyncio.sleep(0.01)  # every call has its first command under way
+        bench.clock.advance(app.rds.config.command_timeout)
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+        codes = [r.code() if isinstance(r, grpc.aio.AioRpcError) else r for r in results]
+        assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 12
+        assert app.rds.state == "connected"
+        bench.sim.faults.hang_match = None
+        bench.sim.faults.release_hangs()
 
 
 # --- concurrency against the server's session limit -------------------------------------------

@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +87,12 @@ def client_keys(cfg: RDSConfig) -> Sequence[asyncssh.SSHKeyPair] | None:
         raise Rejected("rds.key_file", f"cannot load {', '.join(paths)}: {exc}") from exc
 
 
+def fingerprint(public_data: bytes) -> str:
+    """OpenSSH's fingerprint of a public key in its wire form: SHA256, base64 unpadded."""
+    digest = base64.b64encode(hashlib.sha256(public_data).digest()).decode()
+    return "SHA256:" + digest.rstrip("=")
+
+
 async def rejection(
     exc: Exception,
     client: Client,
@@ -97,11 +105,15 @@ async def rejection(
         return exc
     if isinstance(exc, asyncssh.PermissionDenied):
         key = client.server_key()
+        ours = ""
+        with contextlib.suppress(Exception):
+            pairs = client_keys(cfg) or ()
+            ours = "".join(f" {fingerprint(p.key_public_data)}" for p in pairs)
         return Rejected(
             "rds.key_file",
-            f"the appliance refused user {cfg.user!r} with the key in "
-            f"{', '.join(str(k) for k in cfg.client_keys) or '(none)'} (check rds.user "
-            "and the appliance's authorized keys)",
+            f"the appliance refused user {cfg.user!r} with the key{ours} in "
+            f"{', '.join(str(k) for k in cfg.client_keys) or '(none)'} (authorise it on the "
+            "appliance, or check rds.user)",
             key.get_fingerprint() if key is not None else "",
         )
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
@@ -110,10 +122,9 @@ async def rejection(
         if key is None:  # refused before we were asked (a revoked key): look it up
             with contextlib.suppress(Exception):
                 key = await fetch_key()
-        trusted = {
-            "rds.host_keys": "no pinned key",
-            "rds.known_hosts": f"no entry of {cfg.known_hosts} for {cfg.name}",
-        }[setting]
+        trusted = f"no entry of {cfg.known_hosts} for {cfg.name}"
+        if cfg.host_keys:
+            trusted = "no pinned key" + (f" nor {trusted}" if cfg.known_hosts else "")
         why = "is revoked" if "revoked" in str(exc) else f"matches {trusted}"
         return Rejected(
             setting,
