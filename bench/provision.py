@@ -101,9 +101,7 @@ async def measure(tmp: Path, sequential: int, concurrent_total: int) -> dict[str
             rate = concurrent_total / (time.perf_counter() - t0)
             for name in burst:
                 await ctl.DeleteVolume(pb.DeleteVolumeRequest(volume_id=name))
-        plain_p50, plain_rate = await _plain_asyncssh(
-            ep, config.rds, sequential, concurrent_total
-        )
+        plain_p50, plain_rate = await _plain_asyncssh(ep, config.rds, sequential, concurrent_total)
     finally:
         await app.stop()
         await sim.stop()

@@ -288,7 +288,7 @@ async def _partition(target: Target, rounds: int = 3) -> dict[str, Any]:
             await asyncio.sleep(0.3)  # every slot taken
             proxy.partition()
             cut = time.perf_counter()
-            await conn.wait_until(lambda: "disconnected" in stamps.at)
+            await conn.wait_until(lambda s=stamps: "disconnected" in s.at)  # type: ignore[misc]
             detected.append(stamps.at["disconnected"][0] - cut)
             for task in busy:
                 with contextlib.suppress(RDSError):

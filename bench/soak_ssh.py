@@ -55,9 +55,7 @@ async def soak(tmp: Path, duration: float, workers: int, max_sessions: int) -> d
     )
     config = target.config(command_timeout=COMMAND_TIMEOUT)
     config = type(config)(**{**config.__dict__, "health_interval": 1.0})
-    conn = RDSConnection(
-        config, machines.connection, LoopClock(), metrics=CommandMetrics(registry)
-    )
+    conn = RDSConnection(config, machines.connection, LoopClock(), metrics=CommandMetrics(registry))
     failures: collections.Counter[str] = collections.Counter()
     latencies: list[float] = []
     ok = 0
@@ -123,9 +121,7 @@ async def soak(tmp: Path, duration: float, workers: int, max_sessions: int) -> d
         await conn.start()
         await conn.wait_for("connected")
         started = time.monotonic()
-        await asyncio.gather(
-            *(worker(n) for n in range(workers)), hang_injector(), watch()
-        )
+        await asyncio.gather(*(worker(n) for n in range(workers)), hang_injector(), watch())
         elapsed = time.monotonic() - started
         await sim.control(op="release")
     finally:
