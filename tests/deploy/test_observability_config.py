@@ -83,10 +83,12 @@ def _preset_values() -> dict[tuple[str, str], set[str]]:
     from prometheus_client import CollectorRegistry
 
     from rdscsi.hooks.metrics import MachineMetrics
+    from rdscsi.io.rds.connection import CommandMetrics
     from rdscsi.machines import MACHINES, compile_machine
 
     registry = CollectorRegistry()
     MachineMetrics([compile_machine(c) for c in MACHINES], registry)
+    CommandMetrics(registry)  # the SSH transport's series, pre-set the same way
     out: dict[tuple[str, str], set[str]] = {}
     for family in registry.collect():
         for sample in family.samples:
