@@ -173,6 +173,7 @@ def test_pending_rows_are_the_agreed_names() -> None:
 def test_the_alerts_cover_what_operators_need() -> None:
     assert set(alerts()) == {
         "RdsCsiApplianceDisconnected",
+        "RdsCsiApplianceMisconfigured",
         "RdsCsiReconnectStorm",
         "RdsCsiStaleAttachments",
         "RdsCsiMigrationExpired",
