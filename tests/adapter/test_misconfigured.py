@@ -14,9 +14,10 @@ import pytest
 
 from rdscsi.csi import csi_pb2 as pb
 from rdscsi.csi import csi_pb2_grpc
+from rdscsi.explain.service import for_controller
 from rdscsi.io.rds.errors import MisconfiguredError, grpc_code_name
 
-from .conftest import Bench, controller, started, until
+from .conftest import Bench, controller, create_request, started, until
 
 
 def fingerprint(public_key: str) -> str:
@@ -133,17 +134,13 @@ async def test_probe_and_rpcs_through_the_controller_say_what_to_fix(
         assert "rds.host_keys" in details
         assert fingerprint(bench.server.host_key) in details
         with pytest.raises(grpc.aio.AioRpcError) as create:
-            await csi_pb2_grpc.ControllerStub(channel).CreateVolume(
-                pb.CreateVolumeRequest(
-                    name="pvc-1",
-                    volume_capabilities=[
-                        pb.VolumeCapability(
-                            mount=pb.VolumeCapability.MountVolume(),
-                            access_mode=pb.VolumeCapability.AccessMode(
-                                mode=pb.VolumeCapability.AccessMode.SINGLE_NODE_WRITER
-                            ),
-                        )
-                    ],
-                )
-            )
+            await csi_pb2_grpc.ControllerStub(channel).CreateVolume(create_request("pvc-1"))
         assert create.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # and `rdscsi explain appliance` says the same: the setting, the key, the next dial
+        status, body = await for_controller(app).answer({"kind": "appliance", "name": "rds"})
+        assert status == 200 and body["machine"]["current"] == "misconfigured"
+        assert body["model"]["setting"] == "rds.host_keys"
+        assert body["model"]["fingerprint"] == fingerprint(bench.server.host_key)
+        assert body["next"]["event"] == "retry" and "rds.host_keys" in body["next"]["summary"]
+        [blocker] = body["next"]["blocked_by"]
+        assert "FAILED_PRECONDITION" in blocker["text"] and "rds.host_keys" in blocker["text"]

@@ -80,7 +80,9 @@ class ConnectionModelTest(RuleBasedStateMachine):
         start, sink_start = len(self.log.fired), len(self.rig.sink.events)
         payload = ConnInput(now, jitter)
         if event == "rejected":
-            payload = ConnInput(now, jitter, setting, f"refused {setting}", "SHA256:abc")
+            payload = ConnInput(
+                now, jitter, reason=f"refused {setting}", setting=setting, fingerprint="SHA256:abc"
+            )
         if expected is None:
             with pytest.raises(TransitionNotAllowed) as err:
                 self.engine.send(self.model, event, payload)

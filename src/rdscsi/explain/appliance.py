@@ -159,6 +159,12 @@ def connection_blocker(view: ApplianceView, clock: Clock, times: Times) -> JSON:
         ),
         "waiting_for": [],
     }
+    if state == "misconfigured":  # a setting to fix, not an outage
+        out["text"] = (
+            f"appliance {view.name} rejects the driver's {conn.setting}: {conn.reason} "
+            f"(server host key {conn.fingerprint or 'unknown'}); every CSI call that reads or "
+            "changes it answers FAILED_PRECONDITION until the setting is fixed"
+        )
     timer = timer_of(conn)
     if timer is not None:
         _, wait = timer
@@ -186,7 +192,8 @@ async def explain_appliance(ex: Explainer, name: str) -> JSON:
             "at": waited.get("at"),
             "in_s": waited.get("in_s"),
             "summary": f"appliance {name} is {state} after {conn.attempt} failed "
-            f"attempt(s): it dials again when {fill(wait.text, conn, None)} ends",
+            f"attempt(s): it dials again when {fill(wait.text, conn, None)} ends"
+            + (f" ({conn.setting}: {conn.reason})" if state == "misconfigured" else ""),
         }
     elif state == "disconnected":
         nxt = {
@@ -215,6 +222,10 @@ async def explain_appliance(ex: Explainer, name: str) -> JSON:
             "attempt": conn.attempt,
             "delay_s": round(conn.delay, 2),
             "lost_at": times.mono(conn.lost_at),
+            # the last rejected setting (empty unless misconfigured) and the key shown
+            "setting": conn.setting,
+            "reason": conn.reason,
+            "fingerprint": conn.fingerprint,
         },
         "next": nxt,
         "history": mx.history(ex.recorder, "connection", conn.key, times),
