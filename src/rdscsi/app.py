@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,11 +239,20 @@ class NodeApp:
 
 
 def build_node(
-    config: DriverConfig, clock: Clock, sink: EventSink, registry: CollectorRegistry = REGISTRY
+    config: DriverConfig,
+    clock: Clock,
+    sink: EventSink,
+    registry: CollectorRegistry = REGISTRY,
+    listeners: Iterable[object] = (),
 ) -> NodeApp:
+    """`listeners`: more transition listeners beside the log (e.g. `rdscsi demo`'s narrator)."""
     bind_metrics(sink, registry)
     machines = build_machines(
-        clock, sink, lambda reason: None, registry, extra_listeners=(TransitionLogger(),)
+        clock,
+        sink,
+        lambda reason: None,
+        registry,
+        extra_listeners=(TransitionLogger(), *listeners),
     )
     node = build_node_service(config, machines, sink)
     identity = IdentityService(config.name, False, lambda: True)
@@ -262,10 +271,12 @@ def build_controller(
     registry: CollectorRegistry = REGISTRY,
     rng: random.Random | None = None,
     identity: str = "controller",
+    listeners: Iterable[object] = (),
 ) -> ControllerApp:
     """The controller; with `config.node` the same process serves the Node service too
     (`rdscsi run`), sharing one set of machines and metrics. With `config.kubernetes` its
-    attachment record is a `ClusterRecord` for `cluster.ClusterBinding` to feed."""
+    attachment record is a `ClusterRecord` for `cluster.ClusterBinding` to feed.
+    `listeners`: more transition listeners beside the log (e.g. `rdscsi demo`'s narrator)."""
     rds_cfg = config.rds
     # The reconciler's pass needs the app; the app needs the engines the reconciler feeds.
     holder: list[ControllerApp] = []
@@ -276,7 +287,7 @@ def build_controller(
     reconciler = Reconciler(run_pass, registry=registry, clock=clock)
     bind_metrics(sink, registry)
     machines = build_machines(
-        clock, sink, reconciler, registry, extra_listeners=(TransitionLogger(),)
+        clock, sink, reconciler, registry, extra_listeners=(TransitionLogger(), *listeners)
     )
     rds = RDSConnection(
         RDSConfig(

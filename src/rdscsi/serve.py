@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from .app import ControllerApp, NodeApp, build_controller, build_node
-from .clock import LoopClock
+from .clock import Clock, LoopClock
 from .config import DriverConfig
 from .explain.service import bind_cluster, for_controller
 from .hooks.events import MemorySink
@@ -16,8 +18,11 @@ from .observe import MetricsServer
 from .run import start_metrics
 from .signals import until_stopped
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the cluster's modules load only for a controller in a cluster
+    from kubernetes.aio.client import ApiClient
+
     from .cluster import ClusterBinding
+    from .io.kube.events import KubeEventSink, KubeRef
 
 log = logging.getLogger("rdscsi.serve")
 
@@ -26,7 +31,10 @@ CLUSTER_SCOPED = frozenset({"rds_csi_attachment_state", "rds_csi_node_state", "r
 
 
 async def _metrics(
-    config: DriverConfig, app: ControllerApp | NodeApp, binding: ClusterBinding | None = None
+    config: DriverConfig,
+    app: ControllerApp | NodeApp,
+    binding: ClusterBinding | None = None,
+    registry: CollectorRegistry = REGISTRY,
 ) -> MetricsServer | None:
     """`/metrics`, `/livez` (the process), `/readyz` (the appliance and the cluster view) and
     `/debug/explain`; a port that cannot be bound is a one-line `StartError`."""
@@ -39,7 +47,7 @@ async def _metrics(
             bind_cluster(explainer, binding)
         explain = explainer.answer
     return await start_metrics(
-        config.metrics_address, REGISTRY, app.ready, live=app.alive, scoped=scoped, explain=explain
+        config.metrics_address, registry, app.ready, live=app.alive, scoped=scoped, explain=explain
     )
 
 
@@ -74,27 +82,72 @@ async def serve(config: DriverConfig) -> int:
     return 0
 
 
-async def _serve_in_cluster(config: DriverConfig, clock: LoopClock) -> int:
+@dataclass
+class InCluster:
+    """A controller replica as `serve --controller --kubernetes` runs it: the app, fed by the
+    cluster binding (informers, Lease), its events posted to the API server. `rdscsi demo
+    --scenario` runs this very assembly against its built-in API server."""
+
+    app: ControllerApp
+    binding: ClusterBinding
+    sink: KubeEventSink
+    api: ApiClient
+    registry: CollectorRegistry
+    metrics: MetricsServer | None = None  # with `config.metrics_address`, once started
+
+    async def start(self) -> None:
+        """Metrics (and /debug/explain) first; the CSI socket opens once the cluster view
+        has synced (`binding.synced`)."""
+        self.metrics = await _metrics(self.app.config, self.app, self.binding, self.registry)
+        self.sink.start()
+        await self.app.start(serve=False, lead=False)
+        await self.binding.start()
+
+    async def stop(self) -> None:
+        await self.binding.stop()
+        await self.app.stop()
+        await self.sink.stop()
+        await self.api.close()  # type: ignore[no-untyped-call]
+        if self.metrics is not None:
+            await self.metrics.stop()
+
+
+def in_cluster(
+    config: DriverConfig,
+    clock: Clock,
+    api: ApiClient,
+    registry: CollectorRegistry = REGISTRY,
+    *,
+    identity: str | None = None,
+    appliance_ref: KubeRef | None = None,
+    listeners: Iterable[object] = (),
+) -> InCluster:
+    """Builds (does not start) a replica. `identity`: the pod's name (default: POD_NAME or the
+    host name); `appliance_ref`: where appliance events go (default: the pod, from the
+    downward API); `listeners`: more transition listeners beside the log."""
     from .cluster import ClusterBinding, instance_name
-    from .io.kube.client import api_client
     from .io.kube.events import KubeEventSink, pod_ref_from_env
 
-    identity = instance_name()
-    api = await api_client(config.kubeconfig or None)
+    identity = identity or instance_name()
     sink = KubeEventSink(
         api,
         f"{config.name}/controller",
         identity,
         "default",
         clock,
-        appliance_ref=pod_ref_from_env(),
+        appliance_ref=appliance_ref or pod_ref_from_env(),
     )
-    app = build_controller(config, clock, sink, REGISTRY, identity=identity)
-    binding = ClusterBinding(app, api, sink, clock, identity, registry=REGISTRY)
-    metrics = await _metrics(config, app, binding)
-    sink.start()
-    await app.start(serve=False, lead=False)
-    await binding.start()  # the socket opens once the informers have synced
+    app = build_controller(config, clock, sink, registry, identity=identity, listeners=listeners)
+    binding = ClusterBinding(app, api, sink, clock, identity, registry=registry)
+    return InCluster(app, binding, sink, api, registry)
+
+
+async def _serve_in_cluster(config: DriverConfig, clock: LoopClock) -> int:
+    from .io.kube.client import api_client
+
+    replica = in_cluster(config, clock, await api_client(config.kubeconfig or None))
+    binding = replica.binding
+    await replica.start()  # the socket opens once the informers have synced
     print(
         f"rdscsi serve: {config.name} controller in the cluster as {binding.identity} "
         f"(Lease {binding.namespace}/{binding.elector.name}); CSI on {config.endpoint} "
@@ -104,10 +157,5 @@ async def _serve_in_cluster(config: DriverConfig, clock: LoopClock) -> int:
     try:
         await until_stopped()
     finally:
-        await binding.stop()
-        await app.stop()
-        await sink.stop()
-        await api.close()  # type: ignore[no-untyped-call]
-        if metrics is not None:
-            await metrics.stop()
+        await replica.stop()
     return 0

@@ -20,17 +20,19 @@ import pytest
 from kubernetes.aio.client import ApiClient
 from prometheus_client import CollectorRegistry
 
-from rdscsi.app import ControllerApp, build_controller
+from rdscsi.app import ControllerApp
 from rdscsi.clock import ManualClock
 from rdscsi.cluster import ClusterBinding
 from rdscsi.config import ApplianceConfig, DriverConfig
-from rdscsi.csi import csi_pb2 as pb
 from rdscsi.csi import csi_pb2_grpc
 from rdscsi.io.kube.events import KubeEventSink, KubeRef
 from rdscsi.io.kube.lease import LeaderElector
+from rdscsi.serve import in_cluster
 from rdscsi.sim import SimConfig, Simulator
 from rdscsi.testing.kubeapi import Authorizer, FakeKube, User
 from rdscsi.testing.kubeapi import objects as k8s
+from rdscsi.testing.sidecars import block_cap as block_cap  # the shared capabilities
+from rdscsi.testing.sidecars import mount_cap as mount_cap
 from tests.deploy.test_manifests import BASE, render
 
 DRIVER = "rds.csi.mikrotik.com"  # the shipped name: the Lease Role names its Lease
@@ -51,24 +53,6 @@ async def until(
                 await asyncio.sleep(0)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
-
-
-def mount_cap(
-    mode: int = pb.VolumeCapability.AccessMode.SINGLE_NODE_WRITER,
-) -> pb.VolumeCapability:
-    return pb.VolumeCapability(
-        mount=pb.VolumeCapability.MountVolume(fs_type="ext4"),
-        access_mode=pb.VolumeCapability.AccessMode(mode=mode),
-    )
-
-
-def block_cap() -> pb.VolumeCapability:
-    return pb.VolumeCapability(
-        block=pb.VolumeCapability.BlockVolume(),
-        access_mode=pb.VolumeCapability.AccessMode(
-            mode=pb.VolumeCapability.AccessMode.MULTI_NODE_MULTI_WRITER
-        ),
-    )
 
 
 @dataclass
@@ -173,28 +157,25 @@ class World:
         if old is not None and not old.stopped:
             raise RuntimeError(f"{pod}: the driver is running")
         config = self.config(pod)
-        api = ApiClient(self.kube.configuration(TOKEN))
         registry = CollectorRegistry()
-        sink = KubeEventSink(
-            api,
-            f"{DRIVER}/controller",
-            pod,
-            "default",
+        # what `serve --controller --kubernetes` assembles and starts
+        replica = in_cluster(
+            config,
             self.clock,
+            ApiClient(self.kube.configuration(TOKEN)),
+            registry,
+            identity=pod,
             appliance_ref=KubeRef("Pod", pod, NAMESPACE),
         )
-        app = build_controller(config, self.clock, sink, registry, identity=pod)
-        binding = ClusterBinding(app, api, sink, self.clock, pod, registry=registry)
-        sink.start()
-        await app.start(serve=False, lead=False)
-        await binding.start()
+        await replica.start()
+        app, binding = replica.app, replica.binding
         channel = grpc.aio.insecure_channel(config.endpoint)
         r = Replica(
             pod,
             app,
             binding,
-            sink,
-            api,
+            replica.sink,
+            replica.api,
             registry,
             channel,
             csi_pb2_grpc.ControllerStub(channel),

@@ -3,58 +3,46 @@
 Each kind (provisioner, attacher, resizer, snapshotter) runs in every pod and elects its own
 leader with its own Lease, independently of the others and of the driver's Lease (as
 `--leader-election` does); only the leader acts, and it calls the driver in its own pod over
-that pod's unix socket. What each does with the API objects follows the real sidecars:
-the provisioner creates the PV and binds the claim, the attach/detach controller makes the
-VolumeAttachment and the attacher publishes and then sets `status.attached`, a detach is a
-deletion the attacher finishes after ControllerUnpublish. A call that fails for a reason a
-sidecar retries (UNAVAILABLE: the driver restarting; ABORTED) is retried.
+that pod's unix socket. What each does with the API objects around its calls is
+`rdscsi.testing.sidecars` (shared with `rdscsi demo --scenario`); here is only who leads.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypeVar
-
-import grpc
 from kubernetes.aio.client import ApiClient
 
-from rdscsi.csi import csi_pb2 as pb
-from rdscsi.csi import csi_pb2_grpc
 from rdscsi.io.kube.lease import LeaderElector
-from rdscsi.testing.kubeapi import objects as k8s
+from rdscsi.testing import sidecars as shared
+from rdscsi.testing.sidecars import KINDS, SidecarActions, Stub
 
-from .conftest import DRIVER, NAMESPACE, TOKEN, World, block_cap, mount_cap, until
+from .conftest import DRIVER, NAMESPACE, TOKEN, World, until
 
-KINDS = ("provisioner", "attacher", "resizer", "snapshotter")
-RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
-T = TypeVar("T")
+__all__ = ["KINDS", "Sidecar", "Sidecars", "attachment_name"]
 
 
 def attachment_name(handle: str, node: str) -> str:
-    """The attach/detach controller's name for a CSI VolumeAttachment."""
-    return "csi-" + hashlib.sha256(f"{handle}{DRIVER}{node}".encode()).hexdigest()
+    """The attach/detach controller's name for a CSI VolumeAttachment of this driver."""
+    return shared.attachment_name(handle, DRIVER, node)
 
 
-@dataclass
 class Sidecar:
-    kind: str
-    pod: str
-    elector: LeaderElector
+    def __init__(self, kind: str, pod: str, elector: LeaderElector) -> None:
+        self.kind = kind
+        self.pod = pod
+        self.elector = elector
 
     @property
     def leads(self) -> bool:
         return self.elector.is_leader
 
 
-class Sidecars:
+class Sidecars(SidecarActions):
     def __init__(self, world: World, pods: tuple[str, ...]) -> None:
+        super().__init__(world.kube, DRIVER, world.clock)
         self.world = world
         self.pods = pods
         self.apis: list[ApiClient] = []
         self.sidecars: dict[tuple[str, str], Sidecar] = {}
-        self.calls: list[tuple[str, str, str]] = []  # (kind, pod, rpc)
 
     async def start(self) -> None:
         self.world.cleanups.append(self.stop)
@@ -116,130 +104,15 @@ class Sidecars:
 
     # --- calls, from the leader of a kind to the driver in its own pod ---------------------
 
-    async def call(
-        self, kind: str, rpc: str, fn: Callable[[csi_pb2_grpc.ControllerStub], Awaitable[T]]
-    ) -> T:
-        last = "no leader"
-        for _ in range(40):
-            pod = self.leader(kind)
-            replica = self.world.replicas.get(pod or "")
-            if replica is not None and not replica.stopped:
-                self.calls.append((kind, replica.name, rpc))
-                try:
-                    return await fn(replica.controller)
-                except grpc.aio.AioRpcError as err:
-                    if err.code() not in RETRIED:
-                        raise
-                    last = f"{pod}: {err.code().name}: {err.details()}"
-                    if "failed to connect" in (err.details() or ""):
-                        # as csi-lib-utils does: connect again once the socket is back
-                        await replica.reconnect()
-            else:
-                last = f"leader {pod!r} has no running driver"
-            await self.world.tick(1.0)  # the sidecar's retry backoff
-        raise AssertionError(f"{kind}: {rpc} never got through ({last})")
+    def driver_for(self, kind: str) -> tuple[str, Stub] | str:
+        pod = self.leader(kind)
+        replica = self.world.replicas.get(pod or "")
+        if replica is None or replica.stopped:
+            return f"leader {pod!r} has no running driver"
+        return replica.name, replica.controller
 
-    async def provision(self, pvc: str, rwx_block: bool = False, size: int = 1 << 20) -> str:
-        cap = block_cap() if rwx_block else mount_cap()
-        volume = (
-            await self.call(
-                "provisioner",
-                "CreateVolume",
-                lambda s: s.CreateVolume(
-                    pb.CreateVolumeRequest(
-                        name=pvc,
-                        volume_capabilities=[cap],
-                        capacity_range=pb.CapacityRange(required_bytes=size),
-                    )
-                ),
-            )
-        ).volume
-        modes = ("ReadWriteMany",) if rwx_block else ("ReadWriteOnce",)
-        mode = "Block" if rwx_block else "Filesystem"
-        self.world.kube.put(
-            k8s.pv(pvc, DRIVER, volume.volume_id, ("apps", pvc), modes, volume_mode=mode)
-        )
-        self.world.kube.put(k8s.pvc("apps", pvc, pvc, modes, volume_mode=mode))
-        return str(volume.volume_id)
+    async def backoff(self) -> None:
+        await self.world.tick(1.0)  # the sidecar's retry backoff
 
-    async def attach(self, handle: str, pv_name: str, node: str, rwx_block: bool = False) -> str:
-        """The attach/detach controller creates the VolumeAttachment; the attacher publishes
-        and records the outcome. Returns the attachment's name; raises the refusal."""
-        name = attachment_name(handle, node)
-        kube = self.world.kube
-        if kube.get("storage.k8s.io/v1", "VolumeAttachment", name) is None:
-            kube.put(k8s.volume_attachment(name, DRIVER, node, pv_name, attached=False))
-        cap = block_cap() if rwx_block else mount_cap()
-        await self.call(
-            "attacher",
-            "ControllerPublishVolume",
-            lambda s: s.ControllerPublishVolume(
-                pb.ControllerPublishVolumeRequest(
-                    volume_id=handle, node_id=node, volume_capability=cap
-                )
-            ),
-        )
-        va = kube.get("storage.k8s.io/v1", "VolumeAttachment", name)
-        assert va is not None
-        va["status"] = {"attached": True}
-        kube.put(va)
-        return name
-
-    async def detach(self, handle: str, node: str) -> None:
-        """The VolumeAttachment is deleted; the attacher unpublishes, then lets it go."""
-        name = attachment_name(handle, node)
-        kube = self.world.kube
-        va = kube.get("storage.k8s.io/v1", "VolumeAttachment", name)
-        if va is not None:
-            va["metadata"]["deletionTimestamp"] = k8s.now_time(self.world.clock.wall())
-            kube.put(va)
-        await self.call(
-            "attacher",
-            "ControllerUnpublishVolume",
-            lambda s: s.ControllerUnpublishVolume(
-                pb.ControllerUnpublishVolumeRequest(volume_id=handle, node_id=node)
-            ),
-        )
-        if va is not None:
-            kube.remove("storage.k8s.io/v1", "VolumeAttachment", name)
-
-    async def expand(self, handle: str, size: int) -> int:
-        reply = await self.call(
-            "resizer",
-            "ControllerExpandVolume",
-            lambda s: s.ControllerExpandVolume(
-                pb.ControllerExpandVolumeRequest(
-                    volume_id=handle, capacity_range=pb.CapacityRange(required_bytes=size)
-                )
-            ),
-        )
-        return int(reply.capacity_bytes)
-
-    async def snapshot(self, handle: str, name: str) -> str:
-        reply = await self.call(
-            "snapshotter",
-            "CreateSnapshot",
-            lambda s: s.CreateSnapshot(
-                pb.CreateSnapshotRequest(name=name, source_volume_id=handle)
-            ),
-        )
-        return str(reply.snapshot.snapshot_id)
-
-    async def delete_snapshot(self, snapshot_id: str) -> None:
-        await self.call(
-            "snapshotter",
-            "DeleteSnapshot",
-            lambda s: s.DeleteSnapshot(pb.DeleteSnapshotRequest(snapshot_id=snapshot_id)),
-        )
-
-    async def delete(self, handle: str, pv_name: str) -> None:
-        await self.call(
-            "provisioner",
-            "DeleteVolume",
-            lambda s: s.DeleteVolume(pb.DeleteVolumeRequest(volume_id=handle)),
-        )
-        kube = self.world.kube
-        if kube.get("v1", "PersistentVolume", pv_name) is not None:
-            kube.remove("v1", "PersistentVolume", pv_name)
-        if kube.get("v1", "PersistentVolumeClaim", pv_name, "apps") is not None:
-            kube.remove("v1", "PersistentVolumeClaim", pv_name, "apps")
+    async def reconnect(self, pod: str) -> None:
+        await self.world.replicas[pod].reconnect()
