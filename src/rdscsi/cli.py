@@ -10,6 +10,12 @@ from . import __version__
 
 # `rdscsi --help` lists every command with the help it was added with; these are listed apart.
 DEVELOPER_COMMANDS = ("diagrams", "config-reference")
+# `rdscsi demo --scenario NAME` (rdscsi.scenarios; named here so that help loads nothing)
+SCENARIOS = {
+    "node-death": "a node dies with a volume attached",
+    "appliance-restart": "the appliance restarts under an attached volume",
+    "live-migration": "a raw block volume moves between nodes while in use (KubeVirt)",
+}
 
 
 def _diagrams(args: argparse.Namespace) -> int:
@@ -126,6 +132,19 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import demo
     from .run import default_endpoint
 
+    if args.scenario:
+        from .scenarios import run_scenario
+
+        extra = [f for f in ("endpoint", "node_id", "kubelet_dir") if getattr(args, f)]
+        if extra:
+            flags = ", ".join("--" + f.replace("_", "-") for f in extra)
+            print(
+                f"rdscsi demo: --scenario runs its own cluster; {flags} cannot apply to it",
+                file=sys.stderr,
+            )
+            return 2
+
+        return asyncio.run(run_scenario(args.scenario, Path(args.state_dir)))
     endpoint = args.endpoint or default_endpoint(Path(args.state_dir))
     kubelet = Path(args.kubelet_dir) if args.kubelet_dir else None
     return asyncio.run(demo(endpoint, args.node_id, kubelet_dir=kubelet))
@@ -232,6 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="where to stage and publish: the --kubelet-dir `rdscsi run` was given "
         "(default: kubelet/ beside the endpoint's socket)",
+    )
+    p.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        default="",
+        help="instead, watch a recovery on its own small cluster (no `rdscsi run` needed): "
+        "a built-in Kubernetes API, the simulator, the controller and two node plugins "
+        "(root: loop devices), in <state dir>/scenarios/NAME; "
+        + "; ".join(f"{name}: {title}" for name, title in SCENARIOS.items()),
     )
     p.set_defaults(func=_demo)
 

@@ -235,3 +235,35 @@ def test_the_leader_reports_each_release_once() -> None:
     passes.run()
     assert passes.released == {} and passes.models == {}
     passes.clear()
+
+
+def test_a_volume_moved_off_a_dead_node_is_on_its_new_node() -> None:
+    """The dead node's VolumeAttachment lingers (nothing can detach from it) while the
+    volume is attached elsewhere: every replica, and each new leader, sees the new node."""
+    clock = ManualClock()
+    nodes, deriver, sink, _ = rig(clock)
+    for n in ("n1", "n2"):
+        nodes.observe(NodeView(n, ready=True))
+    nodes.synced = True
+    rec = ClusterRecord(clock)
+    pv = VolumeView("pv-1", "vol-1", False)
+    feed(rec, AttachmentView("csi-1", "n1", "pv-1", True, clock.wall()), pv=pv)
+    nodes.observe(NodeView("n1", ready=False, out_of_service=True, since=clock.wall()))
+    clock.advance(GRACE)
+    feed(rec, AttachmentView("csi-2", "n2", "pv-1", True, clock.wall()))
+    assert deriver.current(rec.observe("vol-1")).nodes == ("n2",)
+    # a leader that starts now clears n1 and keeps n2 in the same pass
+    passes = AttachmentPass(deriver, rec)
+    assert passes.run() == {"node_lost": 1, "cleared": 1}
+    assert passes.models["vol-1"].nodes == ("n2",)
+    assert passes.run() == {}
+    assert sink.reasons().count("StaleAttachmentCleared") == 1
+    # before the grace period ends, a dead node still holds its volume: later holders wait
+    nodes.observe(NodeView("n3", ready=True))
+    pv2 = VolumeView("pv-2", "vol-2", False)
+    feed(rec, AttachmentView("csi-3", "n3", "pv-2", True, clock.wall()), pv=pv2)
+    nodes.observe(NodeView("n3", ready=False, out_of_service=True, since=clock.wall()))
+    feed(rec, AttachmentView("csi-4", "n2", "pv-2", True, clock.wall() + 1))
+    assert deriver.current(rec.observe("vol-2")).nodes == ("n3",)
+    clock.advance(GRACE)
+    assert deriver.current(rec.observe("vol-2")).nodes == ("n2",)

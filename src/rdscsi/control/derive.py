@@ -134,15 +134,30 @@ class Deriver:
                 break
         return steps
 
+    def settled(
+        self, engine: Engine, volume_id: str, rwx_block: bool, holders: Sequence[Claim]
+    ) -> AttachmentModel:
+        """`restore` then `settle`; when the machine lets go of a node it was restored on
+        (a stale attachment cleared) and later holders remain, they stand in its place: a
+        volume released from a dead node and attached elsewhere while the dead node's
+        VolumeAttachment lingers is on the new node, not on none."""
+        left = list(holders)
+        while True:
+            model = self.restore(engine, volume_id, rwx_block, left)
+            before = model.nodes
+            self.settle(engine, model)
+            dropped = [n for n in before if n not in model.nodes]
+            rest = [c for c in left if c.node not in before]
+            if not dropped or not rest:
+                return model
+            engine.forget(model)
+            left = [c for c in left if c.node not in dropped]
+
     # --- what RPCs ask --------------------------------------------------------------------
 
     def current(self, observed: Observed) -> AttachmentModel:
         """Where the volume is attached now (an untracked model: read it, do not send)."""
-        model = self.restore(
-            self.silent, observed.volume_id, observed.rwx_block, observed.holders()
-        )
-        self.settle(self.silent, model)
-        return model
+        return self.settled(self.silent, observed.volume_id, observed.rwx_block, observed.holders())
 
     def blockers(self, observed: Observed, node: str) -> list[Claim]:
         """Who stands before `node` for this volume: the holders, then the pending claims
@@ -179,8 +194,7 @@ class Deriver:
     def for_decision(self, observed: Observed, holders: Sequence[Claim]) -> AttachmentModel:
         """A model settled silently, then tracked by the real engine for the RPC's event
         (the caller forgets it afterwards)."""
-        model = self.restore(self.silent, observed.volume_id, observed.rwx_block, holders)
-        self.settle(self.silent, model)
+        model = self.settled(self.silent, observed.volume_id, observed.rwx_block, holders)
         entered = model.entered_at
         self.engine.track(model, model.state)
         model.entered_at = entered

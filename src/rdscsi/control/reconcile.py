@@ -89,6 +89,12 @@ class AttachmentPass:
             engine.forget(model)
             del self.models[vid]
             self._restored_from.pop(vid, None)
+            let_go = self.released.get(vid, set())
+            if dropped and any(c.key not in let_go for c in holders):
+                # A holder after the one let go stands in its place (attached elsewhere
+                # while the dead node's VolumeAttachment lingers): keep that now, not at
+                # the next trigger. Each round releases one more holder, so this ends.
+                self._volume(vid, done)
 
     def _check(self, vid: str, rwx_block: bool, holders: list[Claim]) -> None:
         limit = 2 if rwx_block else 1

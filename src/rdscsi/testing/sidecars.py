@@ -78,6 +78,7 @@ class SidecarActions(ABC):
         self.namespace = namespace  # the claims' namespace
         self.calls: list[tuple[str, str, str]] = []  # (kind, pod, rpc)
         self.volumes: dict[str, pb.Volume] = {}  # provisioned, by handle
+        self.claims: dict[str, str] = {}  # PV name -> its claim's name
         self.publish_contexts: dict[tuple[str, str], dict[str, str]] = {}  # (handle, node)
 
     @abstractmethod
@@ -119,9 +120,11 @@ class SidecarActions(ABC):
     # --- provisioner ---------------------------------------------------------------------
 
     async def provision_volume(
-        self, pvc: str, rwx_block: bool = False, size: int = 1 << 20
+        self, pvc: str, rwx_block: bool = False, size: int = 1 << 20, claim: str = ""
     ) -> pb.Volume:
-        """CreateVolume for claim `pvc`, then the PV (named `pvc`) bound to the claim."""
+        """CreateVolume named `pvc` (the PV's name, as the provisioner names it), then that
+        PV bound to its claim, `claim` in the namespace (default: named as the PV)."""
+        claim = claim or pvc
         cap = block_cap() if rwx_block else mount_cap()
         volume = (
             await self.call(
@@ -143,13 +146,14 @@ class SidecarActions(ABC):
                 pvc,
                 self.driver,
                 volume.volume_id,
-                (self.namespace, pvc),
+                (self.namespace, claim),
                 modes,
                 volume_mode=mode,
                 attributes=dict(volume.volume_context),
             )
         )
-        self.kube.put(k8s.pvc(self.namespace, pvc, pvc, modes, volume_mode=mode))
+        self.kube.put(k8s.pvc(self.namespace, claim, pvc, modes, volume_mode=mode))
+        self.claims[pvc] = claim
         self.volumes[volume.volume_id] = volume
         return volume  # type: ignore[no-any-return]
 
@@ -163,11 +167,12 @@ class SidecarActions(ABC):
             lambda s: s.DeleteVolume(pb.DeleteVolumeRequest(volume_id=handle)),
         )
         self.volumes.pop(handle, None)
+        claim = self.claims.pop(pv_name, pv_name)
         kube = self.kube
         if kube.get("v1", "PersistentVolume", pv_name) is not None:
             kube.remove("v1", "PersistentVolume", pv_name)
-        if kube.get("v1", "PersistentVolumeClaim", pv_name, self.namespace) is not None:
-            kube.remove("v1", "PersistentVolumeClaim", pv_name, self.namespace)
+        if kube.get("v1", "PersistentVolumeClaim", claim, self.namespace) is not None:
+            kube.remove("v1", "PersistentVolumeClaim", claim, self.namespace)
 
     # --- attach/detach controller and attacher ---------------------------------------------
 

@@ -281,6 +281,12 @@ class KubeEventSink:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    async def written(self) -> None:
+        """Until every write queued so far is done (posted, or given up): `rdscsi demo`
+        prints the Events once they are in the API. Writes waiting for a retry are not
+        awaited."""
+        await self._queue.join()
+
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:

@@ -1,0 +1,156 @@
+"""`rdscsi demo --scenario NAME`: the driver's recoveries, watched on one machine.
+
+Each scenario starts a small cluster (`cluster.Cluster`: a built-in Kubernetes API, the RDS
+simulator over SSH, the controller as `serve --controller --kubernetes` runs it, and two node
+plugins on loop devices), plays Kubernetes' part around it, and narrates every step with the
+machine transitions it caused (`narrate`). What a step claims is checked before it is
+printed. Without root (or loop devices) the node plugins cannot run: the controller's side
+runs in full and the node steps say they are not shown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cli import SCENARIOS as TITLES  # the names and titles `rdscsi demo --help` lists
+from . import appliance_restart, live_migration, node_death
+from .cluster import DRIVER, NODES, SYSTEM, Cluster, ScenarioDirError, wipe
+from .narrate import Narrator, Out, ScenarioFailed
+from .steps import Undo
+
+GRACE_S = 5.0  # the demo's grace period (30 s by default): long enough to see, short to wait
+
+
+@dataclass(frozen=True)
+class Scenario:
+    title: str
+    about: str
+    run: Callable[[Cluster, Undo], Awaitable[None]]
+
+
+SCENARIOS = {
+    name: Scenario(TITLES[name], module.ABOUT, module.run)
+    for name, module in (
+        ("node-death", node_death),
+        ("appliance-restart", appliance_restart),
+        ("live-migration", live_migration),
+    )
+}
+
+
+def scenario_dir(state_dir: Path, name: str) -> Path:
+    return state_dir.resolve() / "scenarios" / name
+
+
+def _setting(c: Cluster, shown: Path) -> None:
+    n = c.narrator
+    app = c.ctl.app
+    lease = f"{c.ctl.binding.namespace}/{c.ctl.binding.elector.name}"
+    n.ok(f"Kubernetes API (built in) at {c.api.url}: Nodes {' and '.join(NODES)}, Ready")
+    n.ok(f"appliance: the RDS simulator on {c.appliance.host}:{c.appliance.port}, over SSH")
+    n.ok(
+        f"controller: as `rdscsi serve --controller --kubernetes` runs it ({app.rds.state} to "
+        f"the appliance, leading: Lease {lease}); grace period {c.grace:g} s for this demo "
+        f"({30:g} s by default)"
+    )
+    if c.node_service:
+        n.ok(
+            f"node plugins {' and '.join(NODES)}: as `rdscsi serve --node` runs them, each with "
+            "its own state, kubelet directory and loop devices"
+        )
+    else:
+        n.note(f"no node plugins: {c.why_no_nodes}.")
+        n.note(
+            "The controller's side runs in full; staging, mounting and the data are not shown "
+            "(run the demo with sudo to see them)."
+        )
+    n.note(
+        "Kubernetes' sidecars and kubelets are played by the demo: it writes the objects "
+        "they write and makes the CSI calls they make"
+    )
+    n.note(f"everything is under {shown}; the whole log is {shown / 'log'}")
+
+
+async def run_scenario(name: str, state_dir: Path, out: Out = print, grace: float = GRACE_S) -> int:
+    scenario = SCENARIOS[name]
+    root = scenario_dir(state_dir, name)
+    try:
+        shown = root.relative_to(Path.cwd())
+    except ValueError:
+        shown = root
+    narrator = Narrator(out)
+    narrator.title(f"rdscsi demo --scenario {name}: {scenario.title}")
+    narrator.para(scenario.about)
+    try:
+        await wipe(root)
+        root.mkdir(parents=True)
+    except ScenarioDirError as exc:
+        narrator.fail(str(exc))
+        return 1
+    except OSError as exc:
+        narrator.fail(f"{root}: {exc.strerror or exc}")
+        return 1
+    with _logging_to(root / "log"):
+        return await _run(scenario, root, shown, narrator, grace)
+
+
+async def _run(
+    scenario: Scenario, root: Path, shown: Path, narrator: Narrator, grace: float
+) -> int:
+    cluster = Cluster(root, narrator, grace)
+    undo = Undo(narrator)
+    ok = False
+    narrator.para(f"\nSetting ({DRIVER}, all on this machine):")
+    try:
+        await cluster.start()
+        _setting(cluster, shown)
+        await cluster.events()
+        await scenario.run(cluster, undo)
+        ok = True
+    except ScenarioFailed:
+        pass
+    except Exception as exc:
+        logging.getLogger("rdscsi.scenarios").exception("scenario failed")
+        narrator.fail(f"unexpected {type(exc).__name__}: {exc} (the log has the traceback)")
+    finally:
+        cleaned = await undo.run()
+        narrator.quiet = True
+        await cluster.stop()
+    if ok and cleaned:
+        narrator.para(f"✓ done; the log of every transition and call: {shown / 'log'}")
+    else:
+        narrator.para(f"✗ the scenario failed; the log: {shown / 'log'}")
+    return 0 if ok and cleaned else 1
+
+
+class _logging_to:
+    """While a scenario runs, the driver's log goes to a file: the narration is the output."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.root = logging.getLogger()
+        self.saved: list[logging.Handler] = []
+        self.level = self.root.level
+
+    def __enter__(self) -> None:
+        handler = logging.FileHandler(self.path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.saved = list(self.root.handlers)
+        for h in self.saved:
+            self.root.removeHandler(h)
+        self.root.addHandler(handler)
+        self.root.setLevel(logging.INFO)
+        self.handler = handler
+
+    def __exit__(self, *exc: object) -> None:
+        self.root.removeHandler(self.handler)
+        self.handler.close()
+        for h in self.saved:
+            self.root.addHandler(h)
+        self.root.setLevel(self.level)
+
+
+__all__ = ["GRACE_S", "SCENARIOS", "SYSTEM", "run_scenario", "scenario_dir"]

@@ -1,0 +1,413 @@
+"""A small cluster on one machine, for the scenarios: every part real but the apiserver.
+
+- Kubernetes API: `rdscsi.testing.kubeapi.FakeKube` over HTTP (what the real `kubernetes`
+  client talks to in the tests), with a kubeconfig file like any cluster's.
+- The appliance: the RDS simulator over SSH, its host key pinned.
+- The controller: `serve.in_cluster`, the assembly `rdscsi serve --controller --kubernetes`
+  starts (informers, Lease, events to the API), with a short grace period.
+- Two nodes: two node plugins as `rdscsi serve --node` builds them, each with its own node
+  id, state directory, kubelet directory and socket. Each reaches the appliance's files
+  through its own bind mount of them (`appliance/`), so each attaches its own loop devices
+  as two hosts would have their own NVMe/TCP sessions. They need root and loop devices;
+  without them the cluster runs without node plugins and says why.
+- The rest of Kubernetes (the sidecars, the attach/detach controller, kubelet) is played by
+  the scenario: `rdscsi.testing.sidecars.OneDriver` and `NodePlugin`'s kubelet calls.
+
+Everything lives under the scenario's directory, which is wiped (mounts and loop devices of
+an interrupted run first) when a scenario starts; volumes are deleted when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from ..app import NodeApp, build_node
+from ..clock import LoopClock
+from ..config import ApplianceConfig, DriverConfig
+from ..csi import csi_pb2 as pb
+from ..csi import csi_pb2_grpc
+from ..hooks.events import MemorySink
+from ..io.host import mounts
+from ..io.host.loop import LoopTransport
+from ..io.kube.client import api_client
+from ..io.kube.events import KubeRef
+from ..io.kube.wire import parse_time
+from ..machines.node import OUT_OF_SERVICE_TAINT
+from ..run import node_support
+from ..serve import InCluster, in_cluster
+from ..sim import SimConfig, Simulator
+from ..sim.main import ensure_client_key
+from ..testing.kubeapi import FakeKube
+from ..testing.kubeapi import objects as k8s
+from ..testing.sidecars import OneDriver
+from .narrate import Narrator
+
+log = logging.getLogger("rdscsi.scenarios")
+
+DRIVER = "rds.csi.mikrotik.com"
+APPS = "demo"  # the claims' namespace
+SYSTEM = "kube-system"  # the Lease's and the controller pod's
+CONTROLLER_POD = "rdscsi-controller-0"
+NODES = ("node-a", "node-b")
+GIB = 1 << 30
+OUT_OF_SERVICE = {"key": OUT_OF_SERVICE_TAINT, "value": "nodeshutdown", "effect": "NoExecute"}
+
+
+class ScenarioDirError(RuntimeError):
+    """The scenario's directory cannot be made fresh (one line, what to do)."""
+
+
+def _ours_first(paths: Iterable[Path]) -> list[Path]:
+    return sorted(paths, key=lambda p: len(p.parts), reverse=True)
+
+
+async def wipe(root: Path) -> None:
+    """Make `root` empty: unmount what an interrupted run left mounted under it (deepest
+    first), detach loop devices of files under it, remove it. Nothing outside is touched."""
+    root = root.resolve()
+    if not root.exists():
+        return
+    if os.geteuid() == 0:
+        for _ in range(3):  # a bind may cover another mount: repeat until none is left
+            stale = [
+                m.mount_point for m in mounts.read_mounts() if m.mount_point.is_relative_to(root)
+            ]
+            if not stale:
+                break
+            for point in _ours_first(stale):
+                with contextlib.suppress(mounts.MountError, OSError):
+                    await mounts.unmount(point)
+        loops = LoopTransport(root)
+        for session in await loops.sessions():
+            with contextlib.suppress(Exception):
+                await loops.disconnect_session(session)
+    left = [m.mount_point for m in mounts.read_mounts() if m.mount_point.is_relative_to(root)]
+    if left:
+        raise ScenarioDirError(
+            f"{left[0]} is still mounted (in use?): unmount it, then run the scenario again"
+        )
+    try:
+        shutil.rmtree(root)
+    except PermissionError as exc:
+        raise ScenarioDirError(
+            f"{exc.filename}: {exc.strerror}: it was made by another user (a run with sudo?); "
+            "run as that user, or give this run its own --state-dir"
+        ) from None
+
+
+@dataclass
+class Paths:
+    """Where the kubelet of a node puts a volume (its real layout, under `kubelet`)."""
+
+    staging: Path
+    target: Path
+
+
+class NodePlugin:
+    """One node: its plugin (as `rdscsi serve --node`), and the kubelet's calls to it."""
+
+    def __init__(self, name: str, root: Path, files: Path, narrator: Narrator) -> None:
+        self.name = name
+        self.root = root
+        self.files = files  # the simulator's files
+        self.view = root / "appliance"  # this node's way to them (a bind mount)
+        self.kubelet = root / "kubelet"
+        self.socket = root / "csi.sock"
+        self.narrator = narrator
+        self.app: NodeApp | None = None
+        self.channel: grpc.aio.Channel | None = None
+        self.stub: Any = None
+        self.pod_uid = str(uuid.uuid4())  # the pod using the volumes here
+        self.up = False
+
+    async def start(self) -> None:
+        self.view.mkdir(parents=True, exist_ok=True)
+        self.kubelet.mkdir(parents=True, exist_ok=True)
+        await mounts.bind(self.files, self.view)
+        config = DriverConfig(
+            name=DRIVER,
+            node=True,
+            node_id=self.name,
+            endpoint=f"unix://{self.socket}",
+            transport="loop",
+            loop_root=str(self.view),
+            node_state_dir=str(self.root / "state"),
+            kubelet_dir=str(self.kubelet),
+            rds=ApplianceConfig(name="sim"),
+        ).validate()
+        config = config.prepare()
+        self.app = build_node(
+            config,
+            LoopClock(),
+            MemorySink(log_events=True),
+            CollectorRegistry(),
+            listeners=(self.narrator.listener(self.name),),
+        )
+        await self.app.start()
+        self.channel = grpc.aio.insecure_channel(config.endpoint)
+        self.stub = csi_pb2_grpc.NodeStub(self.channel)
+        self.up = True
+
+    @property
+    def loops(self) -> LoopTransport:
+        assert self.app is not None
+        transport = self.app.node.transports["loop"]
+        assert isinstance(transport, LoopTransport)
+        return transport
+
+    async def devices(self) -> list[Path]:
+        """The loop devices this node has attached (through its own view)."""
+        return [s.device for s in await self.loops.sessions() if s.device is not None]
+
+    async def stop(self) -> None:
+        """The plugin stops (what it has staged stays, as on a plugin restart)."""
+        if self.channel is not None:
+            await self.channel.close()
+            self.channel = None
+        if self.app is not None and self.up:
+            await self.app.stop()
+        self.up = False
+
+    async def power_off(self) -> list[str]:
+        """The machine goes off: its plugin stops, and everything its kernel held goes (here:
+        unmounted and detached, the nearest one host comes to a power cut). What went."""
+        await self.stop()
+        gone: list[str] = []
+        points = [
+            m.mount_point
+            for m in mounts.read_mounts()
+            if m.mount_point.is_relative_to(self.kubelet)
+        ]
+        unmounted = 0
+        for point in _ours_first(points):
+            unmounted += await mounts.unmount(point)
+        if unmounted:
+            gone.append(f"{unmounted} mount{'s' if unmounted > 1 else ''}")
+        for session in await self.loops.sessions():
+            await self.loops.disconnect_session(session)
+            gone.append(f"{session.device or 'a loop device'}")
+        return gone
+
+    async def unmount_view(self) -> None:
+        with contextlib.suppress(mounts.MountError, OSError):
+            await mounts.unmount(self.view)
+
+    # --- the kubelet's side ---------------------------------------------------------------
+
+    def paths(self, pv: str, handle: str, block: bool) -> Paths:
+        csi = self.kubelet / "plugins" / "kubernetes.io" / "csi"
+        if block:
+            return Paths(
+                csi / "volumeDevices" / "staging" / pv,
+                csi / "volumeDevices" / "publish" / pv / self.pod_uid,
+            )
+        digest = hashlib.sha256(handle.encode()).hexdigest()
+        return Paths(
+            csi / DRIVER / digest / "globalmount",
+            self.kubelet / "pods" / self.pod_uid / "volumes" / "kubernetes.io~csi" / pv / "mount",
+        )
+
+    async def stage(
+        self, pv: str, volume: pb.Volume, cap: pb.VolumeCapability, context: dict[str, str]
+    ) -> Paths:
+        where = self.paths(pv, volume.volume_id, cap.HasField("block"))
+        await self.stub.NodeStageVolume(
+            pb.NodeStageVolumeRequest(
+                volume_id=volume.volume_id,
+                publish_context=context,
+                staging_target_path=str(where.staging),
+                volume_capability=cap,
+                volume_context=volume.volume_context,
+            )
+        )
+        return where
+
+    async def publish(
+        self, pv: str, volume: pb.Volume, cap: pb.VolumeCapability, context: dict[str, str]
+    ) -> Paths:
+        where = self.paths(pv, volume.volume_id, cap.HasField("block"))
+        await self.stub.NodePublishVolume(
+            pb.NodePublishVolumeRequest(
+                volume_id=volume.volume_id,
+                publish_context=context,
+                staging_target_path=str(where.staging),
+                target_path=str(where.target),
+                volume_capability=cap,
+                volume_context=volume.volume_context,
+            )
+        )
+        return where
+
+    async def unpublish(self, pv: str, volume_id: str, block: bool) -> None:
+        where = self.paths(pv, volume_id, block)
+        await self.stub.NodeUnpublishVolume(
+            pb.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(where.target))
+        )
+
+    async def unstage(self, pv: str, volume_id: str, block: bool) -> None:
+        where = self.paths(pv, volume_id, block)
+        await self.stub.NodeUnstageVolume(
+            pb.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=str(where.staging))
+        )
+
+
+@dataclass
+class Cluster:
+    root: Path
+    narrator: Narrator
+    grace: float
+    clock: LoopClock = field(default_factory=LoopClock)
+    kube: FakeKube | None = None
+    sim: Simulator | None = None
+    controller: InCluster | None = None
+    sidecars: OneDriver | None = None
+    nodes: dict[str, NodePlugin] = field(default_factory=dict)
+    node_service: bool = False
+    why_no_nodes: str = ""
+    _events_shown: set[str] = field(default_factory=set)
+
+    # --- the parts, once started ------------------------------------------------------------
+
+    @property
+    def api(self) -> FakeKube:
+        assert self.kube is not None
+        return self.kube
+
+    @property
+    def appliance(self) -> Simulator:
+        assert self.sim is not None
+        return self.sim
+
+    @property
+    def ctl(self) -> InCluster:
+        assert self.controller is not None
+        return self.controller
+
+    @property
+    def k8s(self) -> OneDriver:
+        assert self.sidecars is not None
+        return self.sidecars
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.node_service, self.why_no_nodes = node_support()
+        self.kube = FakeKube()
+        await self.kube.start()
+        for name in NODES:
+            self.kube.put(k8s.node(name, ready=True, since=self.clock.wall()))
+        kubeconfig = self.kube.kubeconfig(self.root / "kubeconfig")
+        sim_dir = self.root / "sim"
+        sim_dir.mkdir(parents=True)
+        key_file, authorized = ensure_client_key(sim_dir)
+        self.sim = Simulator(SimConfig(data_dir=sim_dir, authorized_keys_file=authorized))
+        await self.sim.start()
+        config = DriverConfig(
+            name=DRIVER,
+            controller=True,
+            kubernetes=True,
+            kubeconfig=str(kubeconfig),
+            endpoint=f"unix://{self.root / 'controller' / 'csi.sock'}",
+            rds=ApplianceConfig(
+                address=self.sim.host,
+                port=self.sim.port,
+                key_file=str(key_file),
+                host_keys=[self.sim.host_key],
+                name="sim",
+            ),
+            transport="loop",
+            grace_period=self.grace,
+            lease_namespace=SYSTEM,
+            state_dir=str(self.root / "controller"),
+        ).validate()
+        config = config.prepare()
+        self.controller = in_cluster(
+            config,
+            self.clock,
+            await api_client(config.kubeconfig),
+            CollectorRegistry(),
+            identity=CONTROLLER_POD,
+            appliance_ref=KubeRef("Pod", CONTROLLER_POD, SYSTEM),
+            listeners=(self.narrator.listener("controller"),),
+        )
+        await self.controller.start()
+        self.sidecars = OneDriver(self.kube, DRIVER, self.clock, config.endpoint, namespace=APPS)
+        if self.node_service:
+            for name in NODES:
+                node = NodePlugin(
+                    name, self.root / "nodes" / name, self.sim.store.files_root, self.narrator
+                )
+                self.nodes[name] = node
+                await node.start()
+        app = self.controller.app
+        await self.narrator.until(
+            lambda: self.controller is not None and self.controller.binding.synced.is_set(),
+            "the controller's view of the cluster synced",
+        )
+        await self.narrator.until(lambda: app.rds.connected, "the controller reached the appliance")
+        await self.narrator.until(lambda: app.leadership.leading, "the controller took the Lease")
+        await app.reconciler.wait_idle()
+
+    async def stop(self) -> None:
+        for node in self.nodes.values():
+            await node.stop()
+            await node.unmount_view()
+        if self.sidecars is not None:
+            await self.sidecars.close()
+        if self.controller is not None:
+            await self.controller.stop()
+        if self.sim is not None:
+            await self.sim.stop()
+        if self.kube is not None:
+            await self.kube.stop()
+
+    # --- the cluster's objects -------------------------------------------------------------
+
+    def set_node(
+        self, name: str, ready: bool, since: float, taints: list[dict[str, str]] | None = None
+    ) -> None:
+        """The Node as the kubelet / node lifecycle controller writes it."""
+        self.api.put(k8s.node(name, ready=ready, taints=taints or [], since=since))
+
+    def attachment(self, handle: str, node: str) -> dict[str, Any] | None:
+        return self.api.get(
+            "storage.k8s.io/v1", "VolumeAttachment", self.k8s.attachment_name(handle, node)
+        )
+
+    def attachment_state(self, vid: str) -> str:
+        """The reconciler leader's Attachment machine for the volume (detached: none kept)."""
+        model = self.ctl.app.passes.models.get(vid)
+        return model.state or "" if model is not None else "detached"
+
+    async def events(self) -> None:
+        """Print the Events the driver posted since the last call (once its queue is empty)."""
+        try:
+            await asyncio.wait_for(self.ctl.sink.written(), 10)
+        except TimeoutError:
+            raise self.narrator.fail("the driver's Events were not posted in 10 s") from None
+        items = self.api.list("events.k8s.io/v1", "Event")
+        fresh = [e for e in items if e["metadata"]["name"] not in self._events_shown]
+        fresh.sort(key=lambda e: e.get("eventTime") or "")
+        for e in fresh:
+            self._events_shown.add(e["metadata"]["name"])
+            regarding = e.get("regarding") or {}
+            ns = regarding.get("namespace")
+            what = f"{regarding.get('kind')} {ns + '/' if ns else ''}{regarding.get('name')}"
+            when = parse_time(e.get("eventTime"))
+            self.narrator.event(
+                self.narrator.since(when) if when is not None else self.narrator.elapsed(),
+                f"{e.get('type')} {e.get('reason')} on {what}: {e.get('note')}",
+            )
