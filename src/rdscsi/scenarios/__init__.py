@@ -72,6 +72,8 @@ def _setting(c: Cluster, shown: Path) -> None:
         "they write and makes the CSI calls they make"
     )
     n.note(f"everything is under {shown}; the whole log is {shown / 'log'}")
+    if not c.sockets.is_relative_to(c.root):
+        n.note(f"(but the CSI sockets, in {c.sockets}: a socket's path must be short)")
 
 
 async def run_scenario(name: str, state_dir: Path, out: Out = print, grace: float = GRACE_S) -> int:

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from prometheus_client import CollectorRegistry
 
 from ..app import NodeApp, build_node
 from ..clock import LoopClock
-from ..config import ApplianceConfig, DriverConfig
+from ..config import UNIX_PATH_MAX, ApplianceConfig, DriverConfig
 from ..csi import csi_pb2 as pb
 from ..csi import csi_pb2_grpc
 from ..hooks.events import MemorySink
@@ -119,13 +120,15 @@ class Paths:
 class NodePlugin:
     """One node: its plugin (as `rdscsi serve --node`), and the kubelet's calls to it."""
 
-    def __init__(self, name: str, root: Path, files: Path, narrator: Narrator) -> None:
+    def __init__(
+        self, name: str, root: Path, files: Path, socket: Path, narrator: Narrator
+    ) -> None:
         self.name = name
         self.root = root
         self.files = files  # the simulator's files
         self.view = root / "appliance"  # this node's way to them (a bind mount)
         self.kubelet = root / "kubelet"
-        self.socket = root / "csi.sock"
+        self.socket = socket
         self.narrator = narrator
         self.app: NodeApp | None = None
         self.channel: grpc.aio.Channel | None = None
@@ -277,6 +280,8 @@ class Cluster:
     nodes: dict[str, NodePlugin] = field(default_factory=dict)
     node_service: bool = False
     why_no_nodes: str = ""
+    sockets: Path = Path()  # the CSI sockets' directory
+    _temp_sockets: bool = False
     _events_shown: set[str] = field(default_factory=set)
 
     # --- the parts, once started ------------------------------------------------------------
@@ -305,6 +310,13 @@ class Cluster:
 
     async def start(self) -> None:
         self.node_service, self.why_no_nodes = node_support()
+        self.sockets = self.root / "sockets"
+        longest = self.sockets / f"{NODES[0]}.sock"
+        if len(f"{longest}".encode()) > UNIX_PATH_MAX:
+            # a deep directory: sockets go where their paths fit (removed at the end)
+            self.sockets = Path(tempfile.mkdtemp(prefix="rdscsi-demo-"))
+            self._temp_sockets = True
+        self.sockets.mkdir(exist_ok=True)
         self.kube = FakeKube()
         await self.kube.start()
         for name in NODES:
@@ -320,7 +332,7 @@ class Cluster:
             controller=True,
             kubernetes=True,
             kubeconfig=str(kubeconfig),
-            endpoint=f"unix://{self.root / 'controller' / 'csi.sock'}",
+            endpoint=f"unix://{self.sockets / 'controller.sock'}",
             rds=ApplianceConfig(
                 address=self.sim.host,
                 port=self.sim.port,
@@ -348,7 +360,11 @@ class Cluster:
         if self.node_service:
             for name in NODES:
                 node = NodePlugin(
-                    name, self.root / "nodes" / name, self.sim.store.files_root, self.narrator
+                    name,
+                    self.root / "nodes" / name,
+                    self.sim.store.files_root,
+                    self.sockets / f"{name}.sock",
+                    self.narrator,
                 )
                 self.nodes[name] = node
                 await node.start()
@@ -373,6 +389,8 @@ class Cluster:
             await self.sim.stop()
         if self.kube is not None:
             await self.kube.stop()
+        if self._temp_sockets:
+            shutil.rmtree(self.sockets, ignore_errors=True)
 
     # --- the cluster's objects -------------------------------------------------------------
 

@@ -115,9 +115,8 @@ async def run(c: Cluster, undo: Undo) -> None:
     n.ok("ControllerGetVolume: published on node-b")
     await c.events()
     moved = n.elapsed() - n.since(lost)
+    where_now = "in use on node-b, with its data" if b is not None else "attached to node-b"
     n.para(
-        f"\nnode-a went NotReady at {n.since(lost):.1f} s; {moved:.1f} s later its volume was in "
-        "use on node-b"
-        + (" with its data" if b is not None else "")
-        + ". The one outside action was the out-of-service taint."
+        f"\nnode-a went NotReady at {n.since(lost):.1f} s; {moved:.1f} s later its volume was "
+        f"{where_now}. The one outside action was the out-of-service taint."
     )
