@@ -230,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="drive a volume through its whole life on a running `rdscsi run`",
         description="Create, attach, snapshot, expand, restore, stage, publish, write, and "
         "clean up a volume over CSI, printing each call. Everything it creates is removed at "
-        "the end, even when a step fails.",
+        "the end, even when a step fails. With --scenario, it watches a recovery instead, on "
+        "a small cluster of its own, narrating every state machine transition.",
     )
     p.add_argument(
         "--state-dir",

@@ -33,7 +33,9 @@ HOST_NAME = re.compile(
     r"^(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
 )
-UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
+# sun_path holds 107 bytes and a NUL, but gRPC binds unix paths of at most 105 bytes (106 and
+# 107 fail at bind, after start-up checks would have passed them)
+UNIX_PATH_MAX = 105
 
 
 class ConfigError(ValueError):

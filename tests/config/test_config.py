@@ -56,7 +56,8 @@ def test_env_lists_and_booleans() -> None:
         ({"name": "Bad_Name", "rds": RDS}, "name: 'Bad_Name' is not valid; expected a DNS"),
         ({"endpoint": "tcp://x", "rds": RDS}, "endpoint: 'tcp://x' is not a unix socket"),
         ({"endpoint": "unix://x.sock", "rds": RDS}, "endpoint: 'unix://x.sock' is not an abs"),
-        ({"endpoint": "unix:///" + "x" * 120, "rds": RDS}, "at most 107 bytes"),
+        ({"endpoint": "unix:///" + "x" * 120, "rds": RDS}, "at most 105 bytes"),
+        ({"endpoint": "unix:///" + "x" * 105, "rds": RDS}, "at most 105 bytes"),  # gRPC's limit
         ({"grace_period": -1, "rds": RDS}, "grace_period: -1.0 is not above 0; expected a num"),
         ({"max_volumes_per_node": -1, "rds": RDS}, "max_volumes_per_node: -1 is negative"),
         ({"transport": "pigeon", "rds": RDS}, "transport: 'pigeon' is not valid; expected one"),
@@ -416,3 +417,26 @@ def test_every_setting_reaches_the_config_from_every_source(
     args = build_parser().parse_args(["serve", "--config", str(f), *extra])
     cfg = load(args.config, flags_from_args(args), env)
     assert _get(cfg, setting.path) == expected
+
+
+async def test_the_socket_path_limit_is_grpc_s(tmp_path: Path) -> None:
+    """A path start-up accepts is one gRPC can bind (the kernel's own limit is 107 bytes)."""
+    import grpc
+
+    from rdscsi.config import UNIX_PATH_MAX
+
+    base = tmp_path / "s"
+    base.mkdir()
+    for size, binds in ((UNIX_PATH_MAX, True), (UNIX_PATH_MAX + 1, False)):
+        path = f"{base}/" + "x" * (size - len(str(base)) - 1)
+        assert len(path.encode()) == size
+        server = grpc.aio.server()
+        try:
+            server.add_insecure_port(f"unix://{path}")
+            await server.start()
+        except RuntimeError:
+            assert not binds, size
+        else:
+            assert binds, size
+        finally:
+            await server.stop(None)

@@ -10,6 +10,7 @@ runs in full and the node steps say they are not shown.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -114,18 +115,29 @@ async def _run(
         ok = True
     except ScenarioFailed:
         pass
+    except asyncio.CancelledError:
+        narrator.para("\n· interrupted (Ctrl-C): cleaning up")
+        raise
     except Exception as exc:
         logging.getLogger("rdscsi.scenarios").exception("scenario failed")
         narrator.fail(f"unexpected {type(exc).__name__}: {exc} (the log has the traceback)")
     finally:
-        cleaned = await undo.run()
-        narrator.quiet = True
-        await cluster.stop()
+        # In a task of its own: after Ctrl-C this one is being cancelled, and the parts'
+        # shutdowns rightly stop short inside a task that is.
+        cleaned = await asyncio.create_task(_clean_up(cluster, undo))
     if ok and cleaned:
         narrator.para(f"✓ done; the log of every transition and call: {shown / 'log'}")
     else:
         narrator.para(f"✗ the scenario failed; the log: {shown / 'log'}")
     return 0 if ok and cleaned else 1
+
+
+async def _clean_up(cluster: Cluster, undo: Undo) -> bool:
+    try:
+        return await undo.run()
+    finally:
+        cluster.narrator.quiet = True
+        await cluster.stop()
 
 
 class _logging_to:

@@ -311,8 +311,8 @@ class Cluster:
     async def start(self) -> None:
         self.node_service, self.why_no_nodes = node_support()
         self.sockets = self.root / "sockets"
-        longest = self.sockets / f"{NODES[0]}.sock"
-        if len(f"{longest}".encode()) > UNIX_PATH_MAX:
+        longest = max(len(f"{self.sockets / n}.sock".encode()) for n in ("controller", *NODES))
+        if longest > UNIX_PATH_MAX:
             # a deep directory: sockets go where their paths fit (removed at the end)
             self.sockets = Path(tempfile.mkdtemp(prefix="rdscsi-demo-"))
             self._temp_sockets = True
