@@ -10,7 +10,6 @@ on Ctrl-C. (node-death as written in the README also runs in tests/docs, as root
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
@@ -286,15 +285,21 @@ def test_ctrl_c_cleans_up(tmp_path: Path) -> None:
 @needs_node
 async def test_what_an_interrupted_run_left_is_cleared_first(tmp_path: Path) -> None:
     root = tmp_path / "scenarios" / "node-death"
-    (root / "files").mkdir(parents=True)
-    (root / "view").mkdir()
-    backing = root / "files" / "vol.img"
-    with open(backing, "wb") as f:
-        f.truncate(1 << 20)
+    for d in ("files", "view", "mnt"):
+        (root / d).mkdir(parents=True)
+    with open(root / "files" / "vol.img", "wb") as f:
+        f.truncate(8 << 20)
     await mounts.bind(root / "files", root / "view")
-    proc = await asyncio.create_subprocess_exec("losetup", "--find", "--show", str(backing))
-    await proc.wait()
-    assert left_behind(tmp_path) != []
+    # attached through the view, as a node attaches, and mounted: each holds the other busy
+    device = subprocess.run(
+        ["losetup", "--find", "--show", str(root / "view" / "vol.img")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    subprocess.run(["mkfs.ext4", "-q", device], check=True)
+    subprocess.run(["mount", device, str(root / "mnt")], check=True)
+    assert len(left_behind(tmp_path)) == 3
     await wipe(root)
     assert not root.exists() and left_behind(tmp_path) == []
 

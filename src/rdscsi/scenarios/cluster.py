@@ -82,19 +82,21 @@ async def wipe(root: Path) -> None:
     if not root.exists():
         return
     if os.geteuid() == 0:
-        for _ in range(3):  # a bind may cover another mount: repeat until none is left
+        loops = LoopTransport(root)
+        # A loop device holds its file open through a node's view (a bind mount), which
+        # stays busy until the device goes, which may be mounted itself: rounds until clear.
+        for _ in range(3):
             stale = [
                 m.mount_point for m in mounts.read_mounts() if m.mount_point.is_relative_to(root)
             ]
-            if not stale:
-                break
             for point in _ours_first(stale):
                 with contextlib.suppress(mounts.MountError, OSError):
                     await mounts.unmount(point)
-        loops = LoopTransport(root)
-        for session in await loops.sessions():
-            with contextlib.suppress(Exception):
-                await loops.disconnect_session(session)
+            for session in await loops.sessions():
+                with contextlib.suppress(Exception):
+                    await loops.disconnect_session(session)
+            if not stale:
+                break
     left = [m.mount_point for m in mounts.read_mounts() if m.mount_point.is_relative_to(root)]
     if left:
         raise ScenarioDirError(

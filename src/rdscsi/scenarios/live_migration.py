@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from ..io.kube.wire import parse_time
 from .cluster import Cluster
 from .steps import (
     Undo,
@@ -42,6 +45,17 @@ async def run(c: Cluster, undo: Undo) -> None:
     await c.events()
 
     n.step("Live migration: the target pod on node-b gets the disk too")
+    # The driver tells source from target by their VolumeAttachments' creationTimestamps,
+    # which have whole seconds: the target's is made in a later second, as in a cluster.
+    source = c.attachment(vol.id, "node-a")
+    n.expect(source is not None, "node-a's VolumeAttachment is gone")
+    assert source is not None
+    born = parse_time(source["metadata"]["creationTimestamp"]) or c.clock.wall()
+    await asyncio.sleep(max(0.0, born + 1 - c.clock.wall()))
+    n.note(
+        "KubeVirt starts the target pod on node-b; its VolumeAttachment (created a second or "
+        "more after node-a's: the driver tells source from target by that) asks for the disk"
+    )
     await attach(c, undo, vol, "node-b", state="migrating")
     await n.until(lambda: c.attachment_state(vol.id) == "migrating", "the leader's view: migrating")
     model = c.ctl.app.passes.models[vol.id]
@@ -66,7 +80,12 @@ async def run(c: Cluster, undo: Undo) -> None:
         await leave(c, undo, vol, a)
     mark = n.mark()
     await detach(c, undo, vol, "node-a")
-    await n.saw("controller", "attachment", vol.id, "attached", since=mark)
+    done = await n.saw("controller", "attachment", vol.id, "attached", since=mark)
+    n.expect(
+        "MigrationCompleted" in done.hooks,
+        f"the driver took node-a's detach as {', '.join(done.hooks) or 'nothing'}, not the "
+        "source letting go",
+    )
     n.ok("ControllerUnpublishVolume from node-a: its VolumeAttachment is gone")
     await n.until(lambda: c.attachment_state(vol.id) == "attached", "the leader's view: attached")
     where = await published_on(c, vol)
