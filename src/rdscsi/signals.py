@@ -24,6 +24,10 @@ async def until_stopped(stop: asyncio.Event | None = None, name: str = "rdscsi")
 
     def first(signum: int) -> None:
         signalled.append(signum)
+        # From here on another signal means "now": installed before anyone can read the
+        # line below and send one (once this task resumed, it would be too late).
+        for other in STOP_SIGNALS:
+            loop.add_signal_handler(other, exit_now, name, other)
         again = " (Ctrl-C again to exit at once)" if signum == signal.SIGINT else ""
         print(f"{name}: stopping{again}", file=sys.stderr, flush=True)
         stop.set()
@@ -33,10 +37,9 @@ async def until_stopped(stop: asyncio.Event | None = None, name: str = "rdscsi")
     try:
         await stop.wait()
     finally:
-        for signum in STOP_SIGNALS:
-            loop.remove_signal_handler(signum)
-            if signalled:
-                loop.add_signal_handler(signum, exit_now, name, signum)
+        if not signalled:  # stopped by `stop`: the handlers go
+            for signum in STOP_SIGNALS:
+                loop.remove_signal_handler(signum)
 
 
 def exit_now(name: str, signum: int) -> None:
