@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..cli import SCENARIOS as TITLES  # the names and titles `rdscsi demo --help` lists
 from . import appliance_restart, live_migration, node_death
-from .cluster import DRIVER, NODES, SYSTEM, Cluster, ScenarioDirError, wipe
+from .cluster import SYSTEM, Cluster, ScenarioDirError, wipe
 from .narrate import Narrator, Out, ScenarioFailed
 from .steps import Undo
 
@@ -48,33 +48,12 @@ def scenario_dir(state_dir: Path, name: str) -> Path:
 
 def _setting(c: Cluster, shown: Path) -> None:
     n = c.narrator
-    app = c.ctl.app
-    lease = f"{c.ctl.binding.namespace}/{c.ctl.binding.elector.name}"
-    n.ok(f"Kubernetes API (built in) at {c.api.url}: Nodes {' and '.join(NODES)}, Ready")
-    n.ok(f"appliance: the RDS simulator on {c.appliance.host}:{c.appliance.port}, over SSH")
-    n.ok(
-        f"controller: as `rdscsi serve --controller --kubernetes` runs it ({app.rds.state} to "
-        f"the appliance, leading: Lease {lease}); grace period {c.grace:g} s for this demo "
-        f"({30:g} s by default)"
-    )
-    if c.node_service:
-        n.ok(
-            f"node plugins {' and '.join(NODES)}: as `rdscsi serve --node` runs them, each with "
-            "its own state, kubelet directory and loop devices"
-        )
-    else:
-        n.note(f"no node plugins: {c.why_no_nodes}.")
-        n.note(
-            "The controller's side runs in full; staging, mounting and the data are not shown "
-            "(run the demo with sudo to see them)."
-        )
     n.note(
         "Kubernetes' sidecars and kubelets are played by the demo: it writes the objects "
         "they write and makes the CSI calls they make"
     )
-    n.note(f"everything is under {shown}; the whole log is {shown / 'log'}")
     if not c.sockets.is_relative_to(c.root):
-        n.note(f"(but the CSI sockets, in {c.sockets}: a socket's path must be short)")
+        n.note(f"the CSI sockets are in {c.sockets}: a socket's path must be short")
 
 
 async def run_scenario(name: str, state_dir: Path, out: Out = print, grace: float = GRACE_S) -> int:
@@ -106,7 +85,7 @@ async def _run(
     cluster = Cluster(root, narrator, grace)
     undo = Undo(narrator)
     ok = False
-    narrator.para(f"\nSetting ({DRIVER}, all on this machine):")
+    narrator.para(f"\nSetting, all on this machine (under {shown}, with the log):")
     try:
         await cluster.start()
         _setting(cluster, shown)

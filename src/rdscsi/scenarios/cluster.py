@@ -319,16 +319,19 @@ class Cluster:
             self.sockets = Path(tempfile.mkdtemp(prefix="rdscsi-demo-"))
             self._temp_sockets = True
         self.sockets.mkdir(exist_ok=True)
+        n = self.narrator
         self.kube = FakeKube()
         await self.kube.start()
         for name in NODES:
             self.kube.put(k8s.node(name, ready=True, since=self.clock.wall()))
+        n.ok(f"a Kubernetes API (built in, {self.kube.url}): Nodes {' and '.join(NODES)}, Ready")
         kubeconfig = self.kube.kubeconfig(self.root / "kubeconfig")
         sim_dir = self.root / "sim"
         sim_dir.mkdir(parents=True)
         key_file, authorized = ensure_client_key(sim_dir)
         self.sim = Simulator(SimConfig(data_dir=sim_dir, authorized_keys_file=authorized))
         await self.sim.start()
+        n.ok(f"the appliance: the RDS simulator on {self.sim.host}:{self.sim.port}, over SSH")
         config = DriverConfig(
             name=DRIVER,
             controller=True,
@@ -348,6 +351,10 @@ class Cluster:
             state_dir=str(self.root / "controller"),
         ).validate()
         config = config.prepare()
+        n.ok(
+            "the controller, as `rdscsi serve --controller --kubernetes` runs it; grace period "
+            f"{self.grace:g} s for this demo ({DriverConfig().grace_period:g} s by default)"
+        )
         self.controller = in_cluster(
             config,
             self.clock,
@@ -355,29 +362,40 @@ class Cluster:
             CollectorRegistry(),
             identity=CONTROLLER_POD,
             appliance_ref=KubeRef("Pod", CONTROLLER_POD, SYSTEM),
-            listeners=(self.narrator.listener("controller"),),
+            listeners=(n.listener("controller"),),
         )
         await self.controller.start()
         self.sidecars = OneDriver(self.kube, DRIVER, self.clock, config.endpoint, namespace=APPS)
-        if self.node_service:
-            for name in NODES:
-                node = NodePlugin(
-                    name,
-                    self.root / "nodes" / name,
-                    self.sim.store.files_root,
-                    self.sockets / f"{name}.sock",
-                    self.narrator,
-                )
-                self.nodes[name] = node
-                await node.start()
-        app = self.controller.app
-        await self.narrator.until(
-            lambda: self.controller is not None and self.controller.binding.synced.is_set(),
-            "the controller's view of the cluster synced",
-        )
-        await self.narrator.until(lambda: app.rds.connected, "the controller reached the appliance")
-        await self.narrator.until(lambda: app.leadership.leading, "the controller took the Lease")
+        app, binding = self.controller.app, self.controller.binding
+        await n.until(binding.synced.is_set, "the controller's view of the cluster synced")
+        await n.until(lambda: app.rds.connected, "the controller reached the appliance")
+        await n.until(lambda: app.leadership.leading, "the controller took the Lease")
         await app.reconciler.wait_idle()
+        n.ok(
+            "it synced its view of the cluster, reached the appliance and leads the "
+            f"reconciler (Lease {binding.namespace}/{binding.elector.name})"
+        )
+        if not self.node_service:
+            n.note(f"no node plugins: {self.why_no_nodes}.")
+            n.note(
+                "The controller's side runs in full; staging, mounting and the data are not "
+                "shown (run the demo with sudo to see them)."
+            )
+            return
+        for name in NODES:
+            node = NodePlugin(
+                name,
+                self.root / "nodes" / name,
+                self.sim.store.files_root,
+                self.sockets / f"{name}.sock",
+                n,
+            )
+            self.nodes[name] = node
+            await node.start()
+        n.ok(
+            f"node plugins {' and '.join(NODES)}, as `rdscsi serve --node` runs them: each with "
+            "its own state, kubelet directory and loop devices"
+        )
 
     async def stop(self) -> None:
         for node in self.nodes.values():
