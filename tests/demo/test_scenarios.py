@@ -314,3 +314,19 @@ async def test_the_narrator_says_what_did_not_happen() -> None:
         n.expect(False, "no")
     n.expect(True, "never printed")
     assert lines[-1] == "  ✗ no"
+
+
+async def test_a_directory_another_user_made_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "scenarios" / "node-death"
+    root.mkdir(parents=True)
+
+    def refused(path: object) -> None:
+        raise PermissionError(13, "Permission denied", "log")
+
+    monkeypatch.setattr(shutil, "rmtree", refused)
+    lines: list[str] = []
+    assert await run_scenario("node-death", tmp_path, lines.append) == 1
+    assert flat(lines[-1]).startswith(f"✗ {root} cannot be cleared (Permission denied): it was")
+    assert "Setting" not in "\n".join(lines)

@@ -106,8 +106,8 @@ async def wipe(root: Path) -> None:
         shutil.rmtree(root)
     except PermissionError as exc:
         raise ScenarioDirError(
-            f"{exc.filename}: {exc.strerror}: it was made by another user (a run with sudo?); "
-            "run as that user, or give this run its own --state-dir"
+            f"{root} cannot be cleared ({exc.strerror}): it was made by another user (a run "
+            "with sudo?); run as that user, or give this run its own --state-dir"
         ) from None
 
 
