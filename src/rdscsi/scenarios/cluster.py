@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterable
@@ -349,6 +350,7 @@ class Cluster:
             grace_period=self.grace,
             lease_namespace=SYSTEM,
             state_dir=str(self.root / "controller"),
+            metrics_address="127.0.0.1:0",  # /metrics and /debug/explain (`rdscsi explain`)
         ).validate()
         config = config.prepare()
         n.ok(
@@ -419,6 +421,25 @@ class Cluster:
     ) -> None:
         """The Node as the kubelet / node lifecycle controller writes it."""
         self.api.put(k8s.node(name, ready=ready, taints=taints or [], since=since))
+
+    async def explain(self, *what: str) -> str:
+        """What `rdscsi explain WHAT` prints about the controller now (the command itself)."""
+        metrics = self.ctl.metrics
+        assert metrics is not None
+        argv = ["explain", *what, "--url", metrics.url]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "rdscsi",
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate()
+        text = out.decode(errors="replace")
+        if proc.returncode != 0:
+            raise self.narrator.fail(f"rdscsi {' '.join(argv)}: {text.strip()}")
+        return text
 
     def attachment(self, handle: str, node: str) -> dict[str, Any] | None:
         return self.api.get(

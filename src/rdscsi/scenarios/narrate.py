@@ -144,6 +144,11 @@ class Narrator:
     def note(self, text: str) -> None:
         self._wrapped("·", text)
 
+    def quote(self, text: str) -> None:
+        """A command's output, as it printed it (indented)."""
+        for line in text.rstrip("\n").splitlines():
+            self.out(f"    │ {line}" if line else "    │")
+
     def event(self, at: float, text: str) -> None:
         lead = f"    {at:5.1f}s {'event':<{WHERE_WIDTH}} "
         self.out(

@@ -8,7 +8,7 @@ import uuid
 
 import grpc
 
-from .cluster import OUT_OF_SERVICE, Cluster
+from .cluster import APPS, OUT_OF_SERVICE, Cluster
 from .steps import Undo, attach, powered_off, provision, published_on, use, write_file
 
 ABOUT = (
@@ -86,6 +86,20 @@ async def run(c: Cluster, undo: Undo) -> None:
         f"grace period: {c.grace:g} s from node-a's NotReady, "
         + (f"{left:.1f} s left" if left > 0 else "over already")
     )
+    answer = await c.explain("pvc", f"{APPS}/{vol.claim}")
+    n.expect(c.attachment_state(vol.id) == "stale", "the volume left node-a before its grace")
+    head, _, rest = answer.partition("\nevents now")
+    n.expect(
+        "blocked by clearable" in head and "grace period" in head,
+        f"`rdscsi explain` does not say the grace period holds it:\n{head}",
+    )
+    n.ok(f"what the driver says it waits for, `rdscsi explain pvc {APPS}/{vol.claim}`:")
+    n.quote(head)
+    if rest:
+        n.note(
+            f"(and {len(rest.splitlines())} more lines: the events it would take now, its "
+            "recent transitions, the cluster's objects, the appliance, the machine)"
+        )
 
     n.step("The driver releases the volume from node-a")
     cleared = await n.saw(
