@@ -426,19 +426,19 @@ class Cluster:
         """What `rdscsi explain WHAT` prints about the controller now (the command itself)."""
         metrics = self.ctl.metrics
         assert metrics is not None
-        argv = ["explain", *what, "--url", metrics.url]
+        words = ["explain", *what, "--url", metrics.url]
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "rdscsi",
-            *argv,
+            *words,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
         out, _ = await proc.communicate()
         text = out.decode(errors="replace")
         if proc.returncode != 0:
-            raise self.narrator.fail(f"rdscsi {' '.join(argv)}: {text.strip()}")
+            raise self.narrator.fail(f"rdscsi {' '.join(words)}: {text.strip()}")
         return text
 
     def attachment(self, handle: str, node: str) -> dict[str, Any] | None:
