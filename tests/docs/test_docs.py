@@ -433,3 +433,23 @@ def test_the_runnable_blocks_work_as_written(who: str, tmp_path: Path) -> None:
         run._reader.join(10)
     assert code == 0, run.output
     assert "rdscsi run: stopped" in run.output and "Traceback" not in run.output
+
+
+def test_the_readme_layout_names_every_package() -> None:
+    """A reader looking for where something lives finds every package of the driver."""
+    text = (ROOT / "README.md").read_text()
+    layout = text.split("## Layout", 1)[1].split("```", 2)[1]
+    named = {line.split()[0].rstrip("/") for line in layout.splitlines() if line[:1] not in " "}
+    src = ROOT / "src" / "rdscsi"
+    packages = {
+        str(p.parent.relative_to(ROOT))
+        for p in src.rglob("__init__.py")
+        if p.parent != src and "__pycache__" not in p.parts
+    }
+    # A nested package counts as named when it, a parent or a child of it is named.
+    missing = sorted(
+        p
+        for p in packages
+        if not any(p == n or p.startswith(n + "/") or n.startswith(p + "/") for n in named if n)
+    )
+    assert not missing, f"README's Layout does not name {missing}"
