@@ -1,5 +1,6 @@
-"""Assembles the controller: machines, appliance connection, volume store, the attachment
-record and its derivation, the reconciler with its leadership, and the CSI server.
+"""Assembles the controller: machines, the fleet (one connection and volume store per
+appliance), the attachment record and its derivation, the reconciler with its leadership,
+and the CSI server.
 `rdscsi serve` and `rdscsi run` both start one of these.
 
 Standalone (`rdscsi run`, or `serve --controller` without `--kubernetes`) the attachment
@@ -10,6 +11,7 @@ from informers and the Lease decides who runs the reconciler.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Callable, Iterable
@@ -18,8 +20,9 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
+from .appliances import Appliance, Appliances
 from .clock import Clock, TimerHandle
-from .config import DriverConfig
+from .config import ApplianceConfig, DriverConfig
 from .control.derive import Deriver, Timing
 from .control.leadership import Leadership
 from .control.nodes import NodeBook, NodeView
@@ -31,6 +34,7 @@ from .csi.controller import ControllerService, ControllerSettings
 from .csi.identity import IdentityService
 from .csi.node import NodeService, NodeSettings
 from .csi.server import CSIServer
+from .csi.topology import Layout
 from .hooks.events import EventSink, bind_metrics
 from .hooks.log import TransitionLogger
 from .hooks.wiring import Machines, build_machines
@@ -48,27 +52,65 @@ Health = Callable[[], tuple[bool, str]]
 
 
 class PoolGauge:
-    """`rds_csi_pool_bytes{kind="size|free"}`: the appliance pool as last read."""
+    """`rds_csi_pool_bytes{appliance,kind="size|free"}`: each appliance's pool as last read."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.gauge = Gauge(
             "rds_csi_pool_bytes",
             "Appliance storage pool bytes, as last read",
-            ["kind"],
+            ["appliance", "kind"],
             registry=registry,
         )
 
-    def record(self, size: int, free: int) -> None:
-        self.gauge.labels("size").set(size)
-        self.gauge.labels("free").set(free)
+    def record(self, appliance: str, size: int, free: int) -> None:
+        self.gauge.labels(appliance, "size").set(size)
+        self.gauge.labels(appliance, "free").set(free)
+
+
+class PoolRefresh:
+    """Each reconcile pass reads every connected appliance's pool in a task of its own, at
+    most one per appliance at a time: a slow or hung appliance delays neither the pass nor
+    the other appliances' reads (it is bounded by its command timeout)."""
+
+    def __init__(self, appliances: Appliances, gauge: PoolGauge, check: Callable[[], None]):
+        self.appliances = appliances
+        self.gauge = gauge
+        self.check = check  # leadership, before every command
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self) -> None:
+        for appliance in self.appliances:
+            running = self.tasks.get(appliance.name)
+            if appliance.rds.connected and (running is None or running.done()):
+                self.tasks[appliance.name] = asyncio.get_running_loop().create_task(
+                    self._read(appliance), name=f"pool-{appliance.name}"
+                )
+
+    async def _read(self, appliance: Appliance) -> None:
+        try:
+            self.check()
+            pool = await appliance.store.capacity()
+        except RDSError as exc:
+            log.debug("appliance %s: pool capacity not read: %s", appliance.name, exc)
+        except Exception as exc:
+            log.debug("appliance %s: pool capacity not read: %r", appliance.name, exc)
+        else:
+            if pool.size is not None and pool.free is not None:
+                self.gauge.record(appliance.name, pool.size, pool.free)
+
+    async def stop(self) -> None:
+        tasks = [t for t in self.tasks.values() if not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.tasks.clear()
 
 
 @dataclass
 class ControllerApp:
     config: DriverConfig
     machines: Machines
-    rds: RDSConnection
-    store: VolumeStore
+    appliances: Appliances
     record: AttachmentRecord
     attachments: AttachmentBook
     nodes: NodeBook
@@ -77,7 +119,7 @@ class ControllerApp:
     leadership: Leadership
     server: CSIServer
     clock: Clock
-    pool: PoolGauge | None = None
+    pool: PoolRefresh | None = None
     # What else must hold for readiness (a cluster: every informer current) and liveness (a
     # cluster: no informer or elector task crashed).
     ready_checks: list[Health] = field(default_factory=list)
@@ -85,13 +127,28 @@ class ControllerApp:
     _resync: TimerHandle | None = None
     _due: TimerHandle | None = None
 
+    @property
+    def rds(self) -> RDSConnection:
+        """The default (else the first) appliance's connection: with one appliance, its."""
+        return self._first.rds
+
+    @property
+    def store(self) -> VolumeStore:
+        """The default (else the first) appliance's volume store."""
+        return self._first.store
+
+    @property
+    def _first(self) -> Appliance:
+        return self.appliances.default or next(iter(self.appliances))
+
     async def start(self, serve: bool = True, lead: bool = True) -> None:
         """`serve=False`: the CSI socket opens later (`serve()`), once the caller's sources
         have synced. `lead=False`: leadership comes from elsewhere (the Lease)."""
         if self.server.node is not None:
             await self.server.node.cleanup_orphans()
         self._arm_resync()
-        await self.rds.start()  # returns at once; an unreachable appliance means backoff
+        for appliance in self.appliances:
+            await appliance.rds.start()  # returns at once; an unreachable one means backoff
         if lead:
             await self.leadership.acquired()
         if serve:
@@ -125,19 +182,23 @@ class ControllerApp:
                 timer.cancel()
         await self.server.stop()
         await self.leadership.lost(released=True)
-        await self.rds.close()
+        if self.pool is not None:
+            await self.pool.stop()
+        await asyncio.gather(*(a.rds.close() for a in self.appliances))
 
     # --- health ---------------------------------------------------------------------------
 
     def ready(self) -> tuple[bool, str]:
-        """Readiness: the appliance connection is up (and the cluster view current)."""
-        if not self.rds.connected:
-            return False, f"appliance connection {self.rds.config.name}: {self.rds.state}"
+        """Readiness: an appliance connection is up (with several, the body names those
+        that are not; see `Appliances.ready`), and the cluster view current."""
+        ok, why = self.appliances.readiness()
+        if not ok:
+            return False, why
         for check in self.ready_checks:
-            ok, why = check()
-            if not ok:
-                return False, why
-        return True, "ok"
+            fine, reason = check()
+            if not fine:
+                return False, reason
+        return True, why
 
     def alive(self) -> tuple[bool, str]:
         """Liveness: this process still does its work (the loop answers this call, and the
@@ -157,17 +218,10 @@ class ControllerApp:
         self.leadership.check()
         outcome = self.passes.run()
         self._arm_due()
-        if self.rds.connected and self.pool is not None:
-            # Each pass also refreshes the pool figures, so the dashboard sees capacity even
-            # when no provisioner is asking. Leadership is checked before every command.
-            self.leadership.check()
-            try:
-                pool = await self.store.capacity()
-            except RDSError as exc:
-                log.debug("pool capacity not read: %s", exc)
-            else:
-                if pool.size is not None and pool.free is not None:
-                    self.pool.record(pool.size, pool.free)
+        if self.pool is not None:
+            # Each pass also refreshes every appliance's pool figures, so the dashboard sees
+            # capacity even when no provisioner is asking: per appliance, in the background.
+            self.pool.start()
         if outcome:
             log.info("reconcile (%s): %s", ", ".join(sorted(reasons)), dict(outcome))
 
@@ -189,8 +243,14 @@ class ControllerApp:
         return f"{attached} attached volume(s) from {claims} {source}", problems
 
 
+def layout_of(config: DriverConfig) -> Layout:
+    """The fleet's names and topology keys, as the controller and every node see them."""
+    return Layout(config.name, tuple(a.name for a in config.fleet), config.default_appliance)
+
+
 def node_transports(config: DriverConfig) -> dict[str, Transport]:
-    transports: dict[str, Transport] = {"nvme-tcp": NvmeTransport(config.rds.nqn_prefix)}
+    prefixes = sorted({a.nqn_prefix for a in config.fleet})
+    transports: dict[str, Transport] = {"nvme-tcp": NvmeTransport(prefixes)}
     if config.loop_root:
         transports["loop"] = LoopTransport(Path(config.loop_root))
     return transports
@@ -203,7 +263,7 @@ def build_node_service(
         NodeSettings(
             node_id=config.node_id,
             plugin_name=config.name,
-            appliance=config.rds.name,
+            topology=layout_of(config).node_segments(config.node_appliances),
             transport=config.transport,
             state_dir=Path(config.node_state_dir),
             max_volumes=config.max_volumes_per_node,
@@ -277,7 +337,6 @@ def build_controller(
     (`rdscsi run`), sharing one set of machines and metrics. With `config.kubernetes` its
     attachment record is a `ClusterRecord` for `cluster.ClusterBinding` to feed.
     `listeners`: more transition listeners beside the log (e.g. `rdscsi demo`'s narrator)."""
-    rds_cfg = config.rds
     # The reconciler's pass needs the app; the app needs the engines the reconciler feeds.
     holder: list[ControllerApp] = []
 
@@ -289,37 +348,12 @@ def build_controller(
     machines = build_machines(
         clock, sink, reconciler, registry, extra_listeners=(TransitionLogger(), *listeners)
     )
-    rds = RDSConnection(
-        RDSConfig(
-            address=rds_cfg.address,
-            port=rds_cfg.port,
-            user=rds_cfg.user,
-            client_keys=[rds_cfg.key_file] if rds_cfg.key_file else [],
-            host_keys=list(rds_cfg.host_keys),
-            known_hosts=rds_cfg.known_hosts or None,
-            insecure_skip_host_key_check=rds_cfg.insecure_skip_host_key_check,
-            max_concurrency=rds_cfg.max_concurrency,
-            command_timeout=rds_cfg.command_timeout,
-            health_interval=rds_cfg.health_interval,
-            health_timeout=rds_cfg.health_timeout,
-            keepalive_interval=rds_cfg.keepalive_interval,
-            keepalive_count=rds_cfg.keepalive_count,
-        ),
-        machines.connection,
-        clock,
-        rng or random.Random(),
-        CommandMetrics(registry),
-        CommandBuilder(pool_root=rds_cfg.pool_root),
-    )
-    store = VolumeStore(
-        rds,
-        StoreSettings(
-            pool_root=rds_cfg.pool_root,
-            volume_dir=rds_cfg.volume_dir,
-            nvme_port=rds_cfg.nvme_port,
-            nqn_prefix=rds_cfg.nqn_prefix,
-        ),
-        clock.wall,
+    rng = rng or random.Random()
+    command_metrics = CommandMetrics(registry)
+    layout = layout_of(config)
+    appliances = Appliances(
+        layout,
+        [build_appliance(config, a, machines, clock, rng, command_metrics) for a in config.fleet],
     )
 
     def changed(volume_id: str) -> None:
@@ -349,32 +383,27 @@ def build_controller(
     leadership = Leadership(
         reconciler,
         sink,
-        rds_cfg.name,
+        ", ".join(appliances.names),
         identity,
         lambda: True,
         lambda: holder[0].summary(),
         on_lost=passes.clear,
         registry=registry,
     )
-    identity_service = IdentityService(config.name, True, rds.ready)
+    identity_service = IdentityService(config.name, True, appliances.ready)
+    gauge = PoolGauge(registry)
     controller = ControllerService(
-        ControllerSettings(
-            plugin_name=config.name,
-            appliance=rds_cfg.name,
-            nvme_address=rds_cfg.nvme_address or rds_cfg.address,
-            transport=config.transport,
-        ),
-        store,
+        ControllerSettings(plugin_name=config.name, transport=config.transport),
+        appliances,
         attachments,
         directory,
-        on_pool=(pool := PoolGauge(registry)).record,
+        on_pool=gauge.record,
     )
     node = build_node_service(config, machines, sink) if config.node else None
     app = ControllerApp(
         config,
         machines,
-        rds,
-        store,
+        appliances,
         record,
         attachments,
         directory,
@@ -383,7 +412,60 @@ def build_controller(
         leadership,
         CSIServer(config.socket_path, identity_service, controller, node, registry=registry),
         clock,
-        pool,
+        PoolRefresh(appliances, gauge, leadership.check),
     )
     holder.append(app)
     return app
+
+
+def build_appliance(
+    config: DriverConfig,
+    cfg: ApplianceConfig,
+    machines: Machines,
+    clock: Clock,
+    rng: random.Random,
+    metrics: CommandMetrics,
+) -> Appliance:
+    """One appliance of the fleet: its own connection (Connection machine, backoff, health,
+    metrics labelled with its name) and volume store."""
+    rds = RDSConnection(
+        RDSConfig(
+            address=cfg.address,
+            port=cfg.port,
+            user=cfg.user,
+            client_keys=[cfg.key_file] if cfg.key_file else [],
+            host_keys=list(cfg.host_keys),
+            known_hosts=cfg.known_hosts or None,
+            insecure_skip_host_key_check=cfg.insecure_skip_host_key_check,
+            max_concurrency=cfg.max_concurrency,
+            command_timeout=cfg.command_timeout,
+            health_interval=cfg.health_interval,
+            health_timeout=cfg.health_timeout,
+            keepalive_interval=cfg.keepalive_interval,
+            keepalive_count=cfg.keepalive_count,
+            appliance=cfg.name,
+            section=config.section_of(cfg.name),
+        ),
+        machines.connection,
+        clock,
+        rng,
+        metrics,
+        CommandBuilder(pool_root=cfg.pool_root),
+    )
+    store = VolumeStore(
+        rds,
+        StoreSettings(
+            pool_root=cfg.pool_root,
+            volume_dir=cfg.volume_dir,
+            nvme_port=cfg.nvme_port,
+            nqn_prefix=cfg.nqn_prefix,
+        ),
+        clock.wall,
+    )
+    return Appliance(
+        cfg.name,
+        rds,
+        store,
+        cfg.nvme_address or cfg.address,
+        default=cfg.name == config.default_appliance,
+    )

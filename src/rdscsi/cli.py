@@ -61,6 +61,7 @@ def _run(args: argparse.Namespace) -> int:
                 args.metrics_address,
                 args.node_id,
                 Path(args.kubelet_dir) if args.kubelet_dir else None,
+                args.appliances,
             )
         )
     )
@@ -69,9 +70,21 @@ def _run(args: argparse.Namespace) -> int:
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per setting, generated from `rdscsi.config.settings()`: a setting cannot
     exist without its flag, and a flag cannot be dropped on the way to the config."""
-    from .config import settings
+    from .config import APPLIANCE_FLAG, settings
 
+    templated = [st.path[-1] for st in settings() if st.templated]
+    parser.add_argument(
+        APPLIANCE_FLAG,
+        dest="appliance_settings",
+        action="append",
+        default=None,
+        metavar="NAME.SETTING=VALUE",
+        help="a setting of appliance NAME under `appliances:` (repeat; a list setting's items "
+        f"one per flag): {', '.join(templated)}",
+    )
     for st in settings():
+        if st.templated:
+            continue  # all under --appliance
         dest = "setting__" + "__".join(st.path)
         help_text = st.doc or st.key
         if st.is_list:
@@ -104,7 +117,11 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 def flags_from_args(args: argparse.Namespace) -> dict[str, object]:
     """The flags given on the command line, as the nested mapping `config.load` layers."""
+    from .config import appliance_flags
+
     flags: dict[str, object] = {}
+    if getattr(args, "appliance_settings", None):
+        flags["appliances"] = appliance_flags(args.appliance_settings)
     for dest, value in vars(args).items():
         if not dest.startswith("setting__") or value is None:
             continue
@@ -222,6 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1:9809",
         metavar="HOST:PORT",
         help="TCP address for /metrics and /healthz; '' disables them (default: 127.0.0.1:9809)",
+    )
+    p.add_argument(
+        "--appliances",
+        type=int,
+        default=1,
+        metavar="N",
+        help="simulated appliances, a fleet: sim (the default appliance), sim-2, ... each with "
+        "its own state and sim-fault socket (default: 1)",
     )
     p.set_defaults(func=_run)
 

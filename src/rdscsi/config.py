@@ -8,6 +8,10 @@ each refusal one line naming the field, the value and what is expected
 - `DriverConfig.prepare` checks what the values name on this host (key files exist and
   parse, directories exist or are created), when a command is about to start.
 Environment variables are `RDSCSI_<FIELD>`, nested with `__` (`RDSCSI_RDS__ADDRESS`).
+
+The appliances: `rds:` is one appliance, the fleet's default; `appliances:` adds more, keyed
+by name (`appliances: {rds-b: {address: …}}`), spelled `RDSCSI_APPLIANCES__RDS_B__ADDRESS`
+(`_` in the name is `-`) and `--appliance rds-b.address=…` (`DriverConfig.fleet`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import attrs
 import cattrs
 import yaml
 
+from .csi.naming import APPLIANCE_NAME, APPLIANCE_NAME_MAX
 from .sshkeys import KeyLineError, known_hosts_keys, pinned_keys
 
 ENV_PREFIX = "RDSCSI_"
@@ -81,10 +86,10 @@ class ApplianceConfig:
     host_keys: list[str] = attrs.Factory(list)  # pinned host keys, `ssh-ed25519 AAAA…` (known_hosts, ssh-keyscan and authorized_keys lines accepted); several while rotating
     known_hosts: str = ""  # or an OpenSSH known_hosts file (`<host> <type> <key>` lines)
     insecure_skip_host_key_check: bool = False  # explicit opt-out, warned at every start
-    name: str = "rds"  # topology value and metrics label
+    name: str = "rds"  # the appliance's name: topology value, metrics label, part of its volume ids (never rename it); under `appliances:` the key is the name
     nvme_address: str = ""  # data-plane address (host name or IP); empty: same as `address`
     nvme_port: int = attrs.field(default=4420, validator=_port)  # NVMe/TCP port of the exports (TCP port number)
-    nqn_prefix: str = "nqn.2000-02.com.mikrotik:"  # export NQN = prefix + volume id
+    nqn_prefix: str = "nqn.2000-02.com.mikrotik:"  # export NQN = prefix + the volume's slot on the appliance (its id without an appliance name)
     pool_root: str = "/storage-pool/"  # the appliance pool holding the files (path on the appliance)
     volume_dir: str = "k8s"  # directory under the pool for this driver
     max_concurrency: int = attrs.field(default=5, validator=_positive)  # SSH command channels open at once (count); the health check has one more: OpenSSH allows 10 sessions per connection
@@ -108,6 +113,8 @@ class DriverConfig:
     node_id: str = ""  # this node's id (the Kubernetes node name)
     metrics_address: str = ""  # HOST:PORT (TCP) for /metrics and /healthz, `:9809` for every address; empty disables them
     rds: ApplianceConfig = attrs.Factory(ApplianceConfig)
+    appliances: dict[str, ApplianceConfig] = attrs.Factory(dict)
+    node_appliances: list[str] = attrs.Factory(list)  # node: the names of the appliances this node reaches over NVMe/TCP (its topology); empty: every appliance
     transport: Literal["nvme-tcp", "loop"] = "nvme-tcp"  # loop: the built-in simulator
     grace_period: float = attrs.field(default=30.0, validator=_positive)  # seconds a stale attachment waits, with evidence, before it is cleared
     migration_timeout: float = attrs.field(default=300.0, validator=_positive)  # seconds a live migration may hold two nodes
@@ -155,43 +162,85 @@ class DriverConfig:
             check(bool(self.loop_root), refuse("loop_root", "", "", "the simulator's files"))
         problems.extend(endpoint_problems(self.endpoint))
         problems.extend(_listen_problems("metrics_address", self.metrics_address))
-        rds = self.rds
-        if self.controller:
-            problems.extend(_host_problems("rds.address", rds.address, True, "rds.port"))
-            check(
-                bool(rds.host_keys or rds.known_hosts or rds.insecure_skip_host_key_check),
-                "rds.host_keys: missing; expected the appliance's host key (or rds.known_hosts; "
-                "skipping verification needs rds.insecure_skip_host_key_check)",
-            )
-        if rds.nvme_address:
-            problems.extend(
-                _host_problems("rds.nvme_address", rds.nvme_address, False, "rds.nvme_port")
-            )
-        keys: list[str] = []
-        for index, entry in enumerate(rds.host_keys):
-            try:
-                keys.extend(k for k in pinned_keys(entry) if k not in keys)
-            except KeyLineError as exc:
+        for key, given in self.appliances.items():
+            if given.name not in (key, ApplianceConfig().name):
                 problems.append(
-                    f"rds.host_keys[{index}]: {_excerpt(entry)!r}: {exc}; expected "
-                    "`ssh-ed25519 AAAA…` (a known_hosts or ssh-keyscan line is fine too)"
+                    f"appliances.{key}.name: {given.name!r}: the key is the name; expected no "
+                    "name setting under appliances:"
+                )
+        fleet: dict[str, ApplianceConfig] = {}
+        for section, appliance in self._sections_of_fleet():
+            problems.extend(_name_problems(section, appliance.name))
+            if appliance.name in fleet:
+                problems.append(
+                    f"{section}: {appliance.name!r} is the name of rds (rds.name); expected "
+                    "another name (every appliance's name is its own)"
+                )
+            normalised, found = _appliance_problems(section, appliance, self.controller)
+            problems.extend(found)
+            fleet[appliance.name] = normalised
+        for index, name in enumerate(self.node_appliances):
+            if name not in fleet:
+                known = ", ".join(fleet) or "none"
+                problems.append(
+                    str(
+                        refuse(
+                            f"node_appliances[{index}]",
+                            name,
+                            "is not an appliance of this configuration",
+                            f"one of {known}",
+                        )
+                    )
                 )
         if problems:
             raise ConfigError(*problems)
-        if keys == list(rds.host_keys):
+        rds = fleet.get(self.rds.name, self.rds) if self._rds_in_fleet() else self.rds
+        others = {key: fleet[key] for key in self.appliances}
+        if rds == self.rds and others == self.appliances:
             return self
-        return attrs.evolve(self, rds=attrs.evolve(rds, host_keys=keys))
+        return attrs.evolve(self, rds=rds, appliances=others)
+
+    # --- the fleet ------------------------------------------------------------------------
+
+    def _rds_in_fleet(self) -> bool:
+        """`rds:` is an appliance of the fleet unless only `appliances:` is configured."""
+        return not self.appliances or self.rds != ApplianceConfig()
+
+    def _sections_of_fleet(self) -> list[tuple[str, ApplianceConfig]]:
+        """(the section its settings are under, the appliance with its name), `rds` first."""
+        out = [("rds", self.rds)] if self._rds_in_fleet() else []
+        for key, appliance in self.appliances.items():
+            out.append((f"appliances.{key}", attrs.evolve(appliance, name=key)))
+        return out
+
+    @property
+    def fleet(self) -> tuple[ApplianceConfig, ...]:
+        """Every appliance, each with its name: the `rds:` one first (the default: ids of
+        the single-appliance form are its, and StorageClasses that name no appliance use
+        it), then `appliances:` in order."""
+        return tuple(a for _, a in self._sections_of_fleet())
+
+    @property
+    def default_appliance(self) -> str:
+        """The name of the default appliance; '' when only `appliances:` is configured."""
+        return self.rds.name if self._rds_in_fleet() else ""
+
+    def section_of(self, name: str) -> str:
+        """Where appliance `name`'s settings are: `rds`, or `appliances.<name>`."""
+        return "rds" if name == self.default_appliance else f"appliances.{name}"
 
     def prepare(self) -> DriverConfig:
         """What the settings name on this host, before a command starts: files exist and
         parse, directories exist (state directories, and the socket's under them, are
         created). Every problem at once, as `ConfigError`."""
         problems: list[str] = []
-        rds = self.rds
-        if self.controller and rds.key_file:
-            problems.extend(_key_file_problems(rds.key_file))
-        if self.controller and rds.known_hosts:
-            problems.extend(_known_hosts_problems(rds.known_hosts))
+        for section, appliance in self._sections_of_fleet():
+            if self.controller and appliance.key_file:
+                problems.extend(_key_file_problems(f"{section}.key_file", appliance.key_file))
+            if self.controller and appliance.known_hosts:
+                problems.extend(
+                    _known_hosts_problems(f"{section}.known_hosts", appliance.known_hosts)
+                )
         if self.kubeconfig:
             problems.extend(_file_problems("kubeconfig", self.kubeconfig, "a kubeconfig file"))
         made: list[Path] = []
@@ -229,6 +278,56 @@ class DriverConfig:
         return Path(self.endpoint.removeprefix("unix://"))
 
 
+def _name_problems(section: str, name: str) -> list[str]:
+    field = "rds.name" if section == "rds" else section
+    if APPLIANCE_NAME.fullmatch(name) is None:
+        return [
+            str(
+                refuse(
+                    field,
+                    name,
+                    "is not a valid appliance name",
+                    f"lower-case letters, digits and '-', at most {APPLIANCE_NAME_MAX} "
+                    "characters (rds-b)",
+                )
+            )
+        ]
+    return []
+
+
+def _appliance_problems(
+    section: str, appliance: ApplianceConfig, controller: bool
+) -> tuple[ApplianceConfig, list[str]]:
+    """One appliance's values alone; returns it with its pinned host keys normalised."""
+    problems: list[str] = []
+    if controller:
+        problems.extend(_host_problems(f"{section}.address", appliance.address, True, section))
+        if not (
+            appliance.host_keys or appliance.known_hosts or appliance.insecure_skip_host_key_check
+        ):
+            problems.append(
+                f"{section}.host_keys: missing; expected the appliance's host key (or "
+                f"{section}.known_hosts; skipping verification needs "
+                f"{section}.insecure_skip_host_key_check)"
+            )
+    if appliance.nvme_address:
+        problems.extend(
+            _host_problems(f"{section}.nvme_address", appliance.nvme_address, False, section)
+        )
+    keys: list[str] = []
+    for index, entry in enumerate(appliance.host_keys):
+        try:
+            keys.extend(k for k in pinned_keys(entry) if k not in keys)
+        except KeyLineError as exc:
+            problems.append(
+                f"{section}.host_keys[{index}]: {_excerpt(entry)!r}: {exc}; expected "
+                "`ssh-ed25519 AAAA…` (a known_hosts or ssh-keyscan line is fine too)"
+            )
+    if keys != list(appliance.host_keys):
+        appliance = attrs.evolve(appliance, host_keys=keys)
+    return appliance, problems
+
+
 def _excerpt(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
@@ -255,21 +354,22 @@ def endpoint_problems(endpoint: str) -> list[str]:
     return []
 
 
-def _host_problems(
-    field: str, value: str, required: bool = False, port_field: str = "the port setting"
-) -> list[str]:
+def _host_problems(field: str, value: str, required: bool = False, section: str = "") -> list[str]:
+    """`section`: the appliance's (`rds`), whose `user` and port settings a misplaced part
+    belongs in."""
     expected = "a host name or IP address"
     if not value:
         return [str(refuse(field, "", "", expected))] if required else []
     if "@" in value:
-        return [str(refuse(field, value, "has a user in it (set rds.user)", expected))]
+        return [str(refuse(field, value, f"has a user in it (set {section}.user)", expected))]
     try:
         ipaddress.ip_address(value.strip("[]"))
         return []
     except ValueError:
         pass
     if ":" in value:
-        return [str(refuse(field, value, f"has a port in it (set {port_field})", expected))]
+        port = f"{section}.nvme_port" if field.endswith("nvme_address") else f"{section}.port"
+        return [str(refuse(field, value, f"has a port in it (set {port})", expected))]
     if not HOST_NAME.match(value):
         return [str(refuse(field, value, "is not valid", expected))]
     return []
@@ -303,32 +403,32 @@ def _file_problems(field: str, path: str, expected: str) -> list[str]:
     return []
 
 
-def _key_file_problems(path: str) -> list[str]:
+def _key_file_problems(field: str, path: str) -> list[str]:
     import asyncssh
 
     expected = "a readable, unencrypted SSH private key file"
-    problems = _file_problems("rds.key_file", path, expected)
+    problems = _file_problems(field, path, expected)
     if problems:
         return problems
     try:
         asyncssh.read_private_key(path)
     except (asyncssh.KeyImportError, ValueError, OSError) as exc:
         why = "is encrypted" if "assphrase" in str(exc) else f"does not parse ({exc})"
-        return [str(refuse("rds.key_file", path, why, expected))]
+        return [str(refuse(field, path, why, expected))]
     return []
 
 
-def _known_hosts_problems(path: str) -> list[str]:
+def _known_hosts_problems(field: str, path: str) -> list[str]:
     expected = "an OpenSSH known_hosts file (`<host> ssh-ed25519 AAAA…` lines)"
-    problems = _file_problems("rds.known_hosts", path, expected)
+    problems = _file_problems(field, path, expected)
     if problems:
         return problems
     try:
         count = known_hosts_keys(Path(path).read_text(errors="replace"))
     except KeyLineError as exc:
-        return [str(refuse("rds.known_hosts", path, str(exc), expected))]
+        return [str(refuse(field, path, str(exc), expected))]
     if not count:
-        return [str(refuse("rds.known_hosts", path, "holds no host key", expected))]
+        return [str(refuse(field, path, "holds no host key", expected))]
     return []
 
 
@@ -398,6 +498,8 @@ def _expected(type_: object) -> str:
     }
     if isinstance(type_, type) and attrs.has(type_):
         return "a mapping of settings"
+    if typing.get_origin(type_) is dict:
+        return "a mapping of appliances by name (rds-b: {address: …})"
     return names.get(type_, str(type_).replace("typing.", ""))
 
 
@@ -432,7 +534,12 @@ def _problems(exc: BaseException, path: tuple[str, ...], type_: object, data: ob
         with_notes, without = exc.group_exceptions()
         out = []
         for inner, note in with_notes:
-            step = note.name if hasattr(note, "name") else f"[{note.index}]"
+            if hasattr(note, "name"):
+                step = note.name
+            elif isinstance(note.index, str):
+                step = note.index  # a mapping's key: `appliances.rds-b`
+            else:
+                step = f"[{note.index}]"
             out += _problems(inner, (*path, step), note.type, data)
         for inner in without:
             out += _problems(inner, path, type_, data)
@@ -491,6 +598,8 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX):
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
+        if len(path) == 3 and path[0] == "appliances":
+            path[1] = path[1].replace("_", "-")  # `RDS_B`: shells take no `-` in a name
         value: Any = raw
         if path[-1] == "host_keys":
             value = _env_host_keys(raw)
@@ -538,11 +647,17 @@ def _field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+NAME_SLOT = "<name>"  # in a setting's path: any appliance's name under `appliances:`
+
+
 @attrs.frozen
 class Setting:
-    """One leaf setting, as every source spells it: YAML path, environment variable, flag."""
+    """One leaf setting, as every source spells it: YAML path, environment variable, flag.
 
-    path: tuple[str, ...]  # ("rds", "port")
+    The settings of the appliances under `appliances:` are templates, their path holding
+    `<name>` (`appliances.<name>.port`): `at("rds-b")` is the setting of one appliance."""
+
+    path: tuple[str, ...]  # ("rds", "port"), ("appliances", "<name>", "port")
     field: attrs.Attribute[Any]
     doc: str
 
@@ -551,17 +666,36 @@ class Setting:
         return ".".join(self.path)
 
     @property
+    def templated(self) -> bool:
+        return NAME_SLOT in self.path
+
+    def at(self, name: str) -> Setting:
+        """This setting of appliance `name` under `appliances:`."""
+        return attrs.evolve(self, path=tuple(name if p == NAME_SLOT else p for p in self.path))
+
+    @property
     def env(self) -> str:
-        return ENV_PREFIX + "__".join(p.upper() for p in self.path)
+        """`RDSCSI_RDS__PORT`; an appliance's name with `-` as `_` (`RDSCSI_APPLIANCES__RDS_B__PORT`):
+        shells take no `-` in a variable's name."""
+        return ENV_PREFIX + "__".join(p.upper().replace("-", "_") for p in self.path)
 
     @property
     def flag(self) -> str:
         """`--rds-port`; list settings take one value per flag, so the flag is singular
-        (`--rds-host-key`, repeated)."""
+        (`--rds-host-key`, repeated). An appliance under `appliances:` has one flag for all
+        its settings, `--appliance NAME.SETTING=VALUE` (repeated)."""
+        if len(self.path) == 3:
+            return APPLIANCE_FLAG
         *parents, leaf = self.path
         if self.is_list and leaf.endswith("s"):
             leaf = leaf[:-1]
         return "--" + "-".join([*parents, leaf]).replace("_", "-")
+
+    def argv(self, value: str) -> list[str]:
+        """The command-line words that give this setting `value` (one of a list's items)."""
+        if len(self.path) == 3:
+            return [APPLIANCE_FLAG, f"{self.path[1]}.{self.path[2]}={value}"]
+        return [self.flag, value]
 
     @property
     def is_list(self) -> bool:
@@ -575,15 +709,19 @@ class Setting:
         return default
 
 
+APPLIANCE_FLAG = "--appliance"
+
+
 def _origin(t: object) -> object:
     import typing
 
     return typing.get_origin(t)
 
 
-# Nested sections: a field whose type is one of these is a group of settings, not a leaf.
+# Nested sections: a field whose type is one of these is a group of settings, not a leaf;
+# under `appliances:` each appliance is one, keyed by its name.
 def _sections() -> dict[str, type]:
-    return {"rds": ApplianceConfig}
+    return {"rds": ApplianceConfig, "appliances": ApplianceConfig}
 
 
 def settings() -> list[Setting]:
@@ -599,15 +737,69 @@ def settings() -> list[Setting]:
             out.append(Setting((f.name,), f, docs.get(f.name, "")))
             continue
         sub_docs = _field_docs(section)
+        keyed = f.name == "appliances"
         for g in attrs.fields(section):
-            nested.append(Setting((f.name, g.name), g, sub_docs.get(g.name, "")))
+            if keyed and g.name == "name":
+                continue  # the key is the name
+            path = (f.name, NAME_SLOT, g.name) if keyed else (f.name, g.name)
+            nested.append(Setting(path, g, sub_docs.get(g.name, "")))
     return out + nested
+
+
+def appliance_flags(values: list[str]) -> dict[str, dict[str, Any]]:
+    """`--appliance NAME.SETTING=VALUE` words as `{name: {setting: value}}`; a list setting
+    repeated is its items, `true`/`false` are booleans. ConfigError names a malformed one."""
+    leaves = {s.path[-1]: s for s in settings() if s.templated}
+    out: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    for word in values:
+        target, eq, value = word.partition("=")
+        name, dot, leaf = target.partition(".")
+        setting = leaves.get(leaf)
+        if not eq or not dot or not name or setting is None:
+            close = difflib.get_close_matches(leaf, list(leaves), n=1) if dot else []
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(
+                f"{APPLIANCE_FLAG} {_excerpt(word)!r}: not NAME.SETTING=VALUE with a known "
+                f"setting{hint}; expected e.g. {APPLIANCE_FLAG} rds-b.address=10.0.0.6"
+            )
+            continue
+        entry = out.setdefault(name.lower().replace("_", "-"), {})
+        if setting.is_list:
+            entry.setdefault(leaf, []).append(value)
+        elif setting.field.type in (bool, "bool") and value.lower() in ("true", "false"):
+            entry[leaf] = value.lower() == "true"
+        else:
+            entry[leaf] = value
+    if problems:
+        raise ConfigError(*problems)
+    return out
 
 
 def _type_name(t: object) -> str:
     # Annotations are strings until cattrs resolves them in place: render both alike.
     text = t.__name__ if isinstance(t, type) else str(t).replace("typing.", "")
     return text.replace("Literal", "one of ")
+
+
+_SECTION_NOTES: dict[tuple[str, ...], list[str]] = {
+    ("rds",): [
+        "The default appliance: with `appliances:` empty, the only one. Volumes of "
+        "StorageClasses that name no appliance go to it, and volume ids without an appliance "
+        "name (`pvc-…`, every id issued before a fleet) are its. Left at its defaults while "
+        "`appliances:` lists appliances, it is not one (then there is no default appliance).",
+        "",
+    ],
+    ("appliances", NAME_SLOT): [
+        "More appliances, keyed by name (a lower-case DNS label of at most "
+        f"{APPLIANCE_NAME_MAX} characters, e.g. `rds-b`): each has every setting of `rds:` "
+        "but `name`. Their volume ids carry the name (`rds-b:pvc-…`). In an environment "
+        "variable the name's `-` is written `_` (`RDSCSI_APPLIANCES__RDS_B__ADDRESS`); on the "
+        "command line `--appliance rds-b.address=10.0.0.6`, repeated (a list setting's items "
+        "one per flag). See docs/install.md for a two-appliance example.",
+        "",
+    ],
+}
 
 
 def reference_markdown() -> str:
@@ -629,11 +821,14 @@ def reference_markdown() -> str:
         rows += [
             f"## `{cls.__name__}`" + (f" (under `{'.'.join(parent)}:`)" if parent else ""),
             "",
+            *_SECTION_NOTES.get(parent, []),
             "| setting | flag | environment | type | default | meaning |",
             "|---|---|---|---|---|---|",
         ]
         for st in members:
             flag = st.flag + (" (repeat)" if st.is_list else "")
+            if st.templated:
+                flag = f"{st.flag} <name>.{st.path[-1]}=…" + (" (repeat)" if st.is_list else "")
             rows.append(
                 f"| `{st.key}` | `{flag}` | `{st.env}` | {_type_name(st.field.type)} "
                 f"| `{st.default!r}` | {st.doc} |"

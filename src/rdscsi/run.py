@@ -1,6 +1,7 @@
 """`rdscsi run`: the embedded default, everything in one process with no appliance.
 
-It starts the RDS simulator (state under `--state-dir`), then the CSI Identity and Controller
+It starts the RDS simulator (state under `--state-dir`; `--appliances N` starts N of them, a
+fleet: `sim`, the default appliance, then `sim-2`…), then the CSI Identity and Controller
 services on a unix socket, and the Node service too when this host allows it (root and loop
 devices): the controller reaches the simulator over real SSH through the Connection machine,
 and the node attaches the simulator's backing files as loop devices, so staging formats and
@@ -39,6 +40,7 @@ from .signals import until_stopped
 from .sim import SimConfig, Simulator
 from .sim.control import CONTROL_SOCKET, ControlServer
 from .sim.main import DEFAULT_DATA_DIR, ensure_client_key
+from .sim.store import DEFAULT_POOL
 
 log = logging.getLogger("rdscsi.run")
 
@@ -61,6 +63,7 @@ class RunOptions:
     metrics_address: str = "127.0.0.1:9809"  # empty: no metrics endpoint
     node_id: str = ""  # default: this host's name
     kubelet_dir: Path | None = None  # default: <state-dir>/kubelet (node paths must lie inside)
+    appliances: int = 1  # simulators, each an appliance of the fleet
 
 
 __all__ = [
@@ -93,15 +96,10 @@ def node_support() -> tuple[bool, str]:
 
 
 def health_of(app: ControllerApp | NodeApp) -> Callable[[], tuple[bool, str]]:
-    """`/healthz`: a controller is healthy while its appliance connection is `connected`; a
-    node-only process while it runs."""
+    """`/healthz`: a controller is healthy while an appliance connection is `connected` (the
+    body names those that are not); a node-only process while it runs."""
     if isinstance(app, ControllerApp):
-        rds = app.rds
-
-        def controller() -> tuple[bool, str]:
-            return rds.connected, f"appliance connection {rds.config.name}: {rds.state}"
-
-        return controller
+        return app.appliances.readiness
     return lambda: (True, "ok")
 
 
@@ -136,8 +134,21 @@ async def start_metrics(
     return server
 
 
+MAX_APPLIANCES = 8
+
+
+def appliance_name(index: int) -> str:
+    """The name of the simulated appliance `index` (0-based): `sim`, then `sim-2`…"""
+    return "sim" if index == 0 else f"sim-{index + 1}"
+
+
 def _config(
-    options: RunOptions, state_dir: Path, node: bool, rds: ApplianceConfig, loop_root: Path
+    options: RunOptions,
+    state_dir: Path,
+    node: bool,
+    rds: ApplianceConfig,
+    loop_root: Path,
+    others: dict[str, ApplianceConfig] | None = None,
 ) -> DriverConfig:
     node_id = options.node_id or socket.gethostname()
     return DriverConfig(
@@ -147,6 +158,7 @@ def _config(
         node_id=node_id,
         metrics_address=options.metrics_address,
         rds=rds,
+        appliances=others or {},
         transport="loop",
         known_nodes=[node_id],
         state_dir=str(state_dir),
@@ -204,6 +216,10 @@ def _program() -> str:
 
 
 async def run(options: RunOptions, stop: asyncio.Event | None = None) -> int:
+    if not 1 <= options.appliances <= MAX_APPLIANCES:
+        raise StartError(
+            f"--appliances {options.appliances}: expected 1..{MAX_APPLIANCES} simulated appliances"
+        )
     state_dir = options.state_dir.resolve()
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -252,21 +268,40 @@ async def _run(
         stack.push_async_callback(metrics.stop)
 
     key_file, authorized = ensure_client_key(sim_dir)
-    sim = Simulator(SimConfig(data_dir=sim_dir, authorized_keys_file=authorized))
-    await sim.start()
-    stack.push_async_callback(sim.stop)
-    control = ControlServer(sim, sim_dir / CONTROL_SOCKET)
-    await control.start()
-    stack.push_async_callback(control.stop)
+    files_root = sim_dir / "files"  # shared: each simulator's pool is its own directory
+    sims: list[tuple[str, Path, Simulator]] = []
+    for index in range(options.appliances):
+        name = appliance_name(index)
+        data_dir = sim_dir if index == 0 else state_dir / name
+        pool = DEFAULT_POOL if index == 0 else f"{DEFAULT_POOL}-{index + 1}"
+        sim = Simulator(
+            SimConfig(
+                data_dir=data_dir,
+                authorized_keys_file=authorized,
+                pool_name=pool,
+                files_root=files_root,
+            )
+        )
+        await sim.start()
+        stack.push_async_callback(sim.stop)
+        control = ControlServer(sim, data_dir / CONTROL_SOCKET)
+        await control.start()
+        stack.push_async_callback(control.stop)
+        sims.append((name, data_dir, sim))
 
-    rds = ApplianceConfig(
-        address=sim.host,
-        port=sim.port,
-        key_file=str(key_file),
-        host_keys=[sim.host_key],
-        name="sim",
-    )
-    config = _config(options, state_dir, node, rds, sim.store.files_root).prepare()
+    fleet = [
+        ApplianceConfig(
+            address=sim.host,
+            port=sim.port,
+            key_file=str(key_file),
+            host_keys=[sim.host_key],
+            name=name,
+            pool_root=f"/{sim.store.pool_name}/",
+        )
+        for name, _, sim in sims
+    ]
+    others = {a.name: a for a in fleet[1:]}
+    config = _config(options, state_dir, node, fleet[0], files_root, others).prepare()
     node_id = config.node_id
     app = build_controller(config, LoopClock(), MemorySink(log_events=True), REGISTRY)
     apps.append(app)
@@ -280,7 +315,13 @@ async def _run(
         "" if sim_dir == DEFAULT_DATA_DIR.resolve() else f" --data-dir {sim_dir}"
     )
     say = _say
-    say(f"simulator on {sim.host}:{sim.port} (state in {sim_dir})")
+    if len(sims) == 1:
+        say(f"simulator on {sim.host}:{sim.port} (state in {sim_dir})")
+    else:
+        for name, data_dir, one in sims:
+            default = " (the default appliance)" if name == config.default_appliance else ""
+            where = f"{one.host}:{one.port} (state in {data_dir})"
+            say(f"appliance {name}{default}: simulator on {where}")
     if node:
         say(
             f"CSI Identity, Controller and Node on {config.endpoint} (node {node_id}; volumes "
@@ -293,6 +334,12 @@ async def _run(
         say(f"metrics on {metrics.url}/metrics, health on {metrics.url}/healthz")
     say(f"in another shell: `{demo}` drives a volume through its life,")
     say(f"`{fault} drop` drops the appliance connection (watch it reconnect)", indent=True)
+    if len(sims) > 1:
+        say(
+            f"`{prog} sim-fault --data-dir {sims[1][1]} drop` drops {sims[1][0]}'s alone; "
+            f"a StorageClass parameter appliance: {sims[1][0]} puts volumes there",
+            indent=True,
+        )
     say("Ctrl-C to stop")
     await until_stopped(stop, "rdscsi run")
     await stack.aclose()

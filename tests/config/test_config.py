@@ -323,38 +323,48 @@ def _sample(setting: object) -> tuple[object, list[str], str, object]:
     name = setting.path[-1]
     flag = setting.flag
     if setting.is_list:
-        values = [KEY, KEY.replace("d2f", "d2e")] if name == "host_keys" else ["a", "b"]
-        return values, [a for v in values for a in (flag, v)], ",".join(values), values
+        values = {
+            "host_keys": [KEY, KEY.replace("d2f", "d2e")],
+            "node_appliances": ["rds", OTHER],
+        }.get(name, ["a", "b"])
+        return values, [a for v in values for a in setting.argv(v)], ",".join(values), values
     if t is bool or t == "bool":
         want = not setting.default
         argv = [flag] if want else ["--no-" + flag.removeprefix("--")]
+        if setting.templated or len(setting.path) == 3:
+            argv = setting.argv(str(want).lower())
         return want, argv, str(want).lower(), want
     if t is int or t == "int":
         value = int(setting.default) + 7
-        return value, [flag, str(value)], str(value), value
+        return value, setting.argv(str(value)), str(value), value
     if t is float or t == "float":
         value = float(setting.default) * 3 + 1
-        return value, [flag, str(value)], str(value), value
+        return value, setting.argv(str(value)), str(value), value
     text = str(t)
     if "Literal" in text:
         import typing
 
         choices = [c for c in typing.get_args(setting.field.type) if c != setting.default]
-        return choices[0], [flag, choices[0]], choices[0], choices[0]
+        return choices[0], setting.argv(choices[0]), choices[0], choices[0]
     value = {
         "endpoint": "unix:///tmp/x/csi.sock",
-        "name": "other.csi.example.com",
+        "name": "rds-x" if setting.path[0] == "rds" else "other.csi.example.com",
         "metrics_address": "127.0.0.1:9999",
         "address": "10.1.2.3",
         "nvme_address": "10.9.8.7",
     }.get(name, f"/x/{name}")
-    return value, [flag, value], value, value
+    return value, setting.argv(value), value, value
+
+
+OTHER = "rds-b"  # the appliance under `appliances:` the templated settings are tried on
 
 
 def _base(key: str) -> dict[str, object]:
-    """The smallest valid configuration (as YAML) that leaves `key` at its default."""
+    """The smallest valid configuration (as YAML) that leaves `key` at its default: the
+    default appliance and one more."""
     rds = {"address": "rds.example", "host_keys": [KEY]}
-    base: dict[str, object] = {"controller": True, "rds": rds}
+    other = {"address": "rds-b.example", "host_keys": [KEY]}
+    base: dict[str, object] = {"controller": True, "rds": rds, "appliances": {OTHER: other}}
     if key in ("controller", "node"):
         base = {"node": True, "controller": True, "node_id": "n1", "rds": rds}
         base.pop(key)  # the other service keeps the configuration valid
@@ -362,6 +372,10 @@ def _base(key: str) -> dict[str, object]:
         base["rds"] = {"address": "rds.example"}
     if key == "rds.address":
         base["rds"] = {"host_keys": [KEY]}
+    if key == f"appliances.{OTHER}.host_keys":
+        base["appliances"] = {OTHER: {"address": "rds-b.example"}}
+    if key == f"appliances.{OTHER}.address":
+        base["appliances"] = {OTHER: {"host_keys": [KEY]}}
     if key in ("retry_period", "renew_deadline", "lease_duration"):
         # keep retry_period < renew_deadline < lease_duration whatever the sample is
         base.update({"retry_period": 1.0, "renew_deadline": 12.0, "lease_duration": 100.0})
@@ -371,7 +385,7 @@ def _base(key: str) -> dict[str, object]:
 
 def _get(cfg: object, path: tuple[str, ...]) -> object:
     for part in path:
-        cfg = getattr(cfg, part)
+        cfg = cfg[part] if isinstance(cfg, dict) else getattr(cfg, part)
     return cfg
 
 
@@ -394,9 +408,13 @@ def test_every_setting_reaches_the_config_from_every_source(
     from rdscsi.config import settings
 
     setting = next(s for s in settings() if s.key == key)
+    if setting.templated:
+        setting = setting.at(OTHER)
+        key = setting.key
     yaml_value, argv, env_text, expected = _sample(setting)
     base = _base(key)
-    if key not in ("rds.host_keys", "rds.address"):  # required: the base alone is not valid
+    required = ("rds.host_keys", "rds.address", f"appliances.{OTHER}.host_keys")
+    if key not in (*required, f"appliances.{OTHER}.address"):  # the base alone is not valid
         before = _get(load(None, {**base, "loop_root": "/x"}, {}), setting.path)
         assert before != expected, f"{key}: the sample is the base value; nothing is proven"
     env: dict[str, str] = {}

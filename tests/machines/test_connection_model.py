@@ -20,6 +20,7 @@ from rdscsi.machines.connection import REJECTED_SETTINGS, ConnectionMachine
 from .support import HookLog, coverage_settings, make_rig, uncovered
 
 ADDRESS = "10.0.0.1:22"
+ON = {"appliance": ADDRESS}  # a connection without a fleet name is known by its address
 CAP_WITH_JITTER = 16.0 * 1.1
 
 
@@ -133,8 +134,8 @@ class ConnectionModelTest(RuleBasedStateMachine):
 
     def _durations(self) -> tuple[float, float]:
         return (
-            self.rig.sample("rds_csi_rds_reconnect_duration_seconds_count"),
-            self.rig.sample("rds_csi_rds_reconnect_duration_seconds_sum"),
+            self.rig.sample("rds_csi_rds_reconnect_duration_seconds_count", ON),
+            self.rig.sample("rds_csi_rds_reconnect_duration_seconds_sum", ON),
         )
 
     @precondition(lambda self: self.ref.state == "backoff")
@@ -196,7 +197,7 @@ class ConnectionModelTest(RuleBasedStateMachine):
     def rejections_are_counted_by_setting(self) -> None:
         fired = [(h, k) for k, h, _ in self.log.fired]
         total = sum(
-            self.rig.sample("rds_csi_rds_config_rejected_total", {"setting": s})
+            self.rig.sample("rds_csi_rds_config_rejected_total", {**ON, "setting": s})
             for s in REJECTED_SETTINGS
         )
         assert total == sum(1 for h, _ in fired if h == "config_rejected")
@@ -204,12 +205,10 @@ class ConnectionModelTest(RuleBasedStateMachine):
     @invariant()
     def reconnect_counters(self) -> None:
         fired = [h for _, h, _ in self.log.fired]
-        assert self.rig.sample("rds_csi_rds_reconnect_total", {"status": "success"}) == fired.count(
-            "reconnect_succeeded"
-        )
-        assert self.rig.sample("rds_csi_rds_reconnect_total", {"status": "failure"}) == fired.count(
-            "reconnect_failed"
-        )
+        succeeded = self.rig.sample("rds_csi_rds_reconnect_total", {**ON, "status": "success"})
+        failed = self.rig.sample("rds_csi_rds_reconnect_total", {**ON, "status": "failure"})
+        assert succeeded == fired.count("reconnect_succeeded")
+        assert failed == fired.count("reconnect_failed")
         assert fired.count("RDSReconnected") == fired.count("reconnect_succeeded")
 
 

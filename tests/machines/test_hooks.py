@@ -59,10 +59,11 @@ def test_reconnect_metrics_and_events() -> None:
             rig.clock.advance(conn.delay)
         eng.send(conn, event, ConnInput(now=now()))
     assert [e.reason for e in rig.sink.events] == ["RDSDisconnected", "RDSReconnected"]
-    assert rig.sample("rds_csi_rds_reconnect_total", {"status": "success"}) == 1
-    assert rig.sample("rds_csi_rds_reconnect_total", {"status": "failure"}) == 1
-    assert rig.sample("rds_csi_rds_reconnect_duration_seconds_count") == 1
-    assert rig.sample("rds_csi_rds_reconnect_duration_seconds_sum") == 1.0
+    on = {"appliance": "rds-a:22"}  # a connection without a fleet name is known by address
+    assert rig.sample("rds_csi_rds_reconnect_total", {**on, "status": "success"}) == 1
+    assert rig.sample("rds_csi_rds_reconnect_total", {**on, "status": "failure"}) == 1
+    assert rig.sample("rds_csi_rds_reconnect_duration_seconds_count", on) == 1
+    assert rig.sample("rds_csi_rds_reconnect_duration_seconds_sum", on) == 1.0
     assert rig.triggers == ["connection:succeeded", "connection:succeeded"]
     assert (
         rig.sample(

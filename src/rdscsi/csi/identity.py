@@ -1,4 +1,13 @@
-"""The CSI Identity service: who the plugin is, what it offers, whether it is ready."""
+"""The CSI Identity service: who the plugin is, what it offers, whether it is ready.
+
+Probe, for a controller: ready while at least one appliance of the fleet is connected (its
+volumes are served; a call for a volume on an appliance that is not answers UNAVAILABLE on
+its own), not ready while none is, and FAILED_PRECONDITION while every appliance rejects a
+setting (`Appliances.ready`). With one appliance that is its connection's state. Which
+appliance is down is not Probe's to say (a Probe failure restarts nothing, and one boolean
+cannot name it): the per-appliance truth is `rds_csi_rds_connection_state{appliance}`, the
+RDS* events and `rdscsi explain appliance <name>`. A node plugin is ready while it runs.
+"""
 
 from __future__ import annotations
 

@@ -78,15 +78,11 @@ SINGLE_WRITER = AccessMode.SINGLE_NODE_SINGLE_WRITER
 class NodeSettings:
     node_id: str
     plugin_name: str
-    appliance: str
+    topology: dict[str, str]  # the segment of each appliance this node reaches (csi.topology)
     transport: str  # which of the transports new volumes use when the context does not say
     state_dir: Path  # per-volume records: how to reach each staged volume's device
     max_volumes: int = 0  # 0: no limit reported
     kubelet_dir: Path = Path("/var/lib/kubelet")  # every request path must lie inside
-
-    @property
-    def topology_key(self) -> str:
-        return f"{self.plugin_name}/appliance"
 
 
 @dataclass
@@ -927,9 +923,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         return pb.NodeGetInfoResponse(
             node_id=self.settings.node_id,
             max_volumes_per_node=self.settings.max_volumes,
-            accessible_topology=pb.Topology(
-                segments={self.settings.topology_key: self.settings.appliance}
-            ),
+            accessible_topology=pb.Topology(segments=self.settings.topology),
         )
 
     # --- start-up -------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from ..io.host.mkfs import (
     validate_mkfs_options,
 )
 from . import csi_pb2 as pb
+from .naming import APPLIANCE_NAME, APPLIANCE_NAME_MAX
 from .status import RPCError, invalid, shown
 
 GIB = 1 << 30
@@ -72,13 +73,20 @@ def mode_name(mode: int) -> str:
         return f"unknown access mode {mode}"
 
 
+# The appliance a class's volumes go to (`rdscsi.csi.topology`); not in the volume context
+# (the context names the volume's actual appliance).
+APPLIANCE = "appliance"
+
+
 @dataclass(frozen=True)
 class Parameters:
-    """The validated StorageClass parameters: what goes into the volume context, and the
-    comment the volume's disk carries (the claim it was made for; may be empty)."""
+    """The validated StorageClass parameters: what goes into the volume context, the
+    comment the volume's disk carries (the claim it was made for; may be empty), and the
+    appliance the class names ('': none)."""
 
     context: dict[str, str]
     comment: str
+    appliance: str = ""
 
 
 def volume_parameters(params: Mapping[str, str], fs_type: str | None = None) -> Parameters:
@@ -89,8 +97,16 @@ def volume_parameters(params: Mapping[str, str], fs_type: str | None = None) -> 
     """
     out: dict[str, str] = {}
     claim: dict[str, str] = {}
+    appliance = ""
     for key, value in params.items():
-        if key in _CLAIM_KEYS:
+        if key == APPLIANCE:
+            if APPLIANCE_NAME.fullmatch(value) is None:
+                raise invalid(
+                    f"parameter {APPLIANCE}: {shown(value)} is not an appliance name (lower-case "
+                    f"letters, digits and '-', at most {APPLIANCE_NAME_MAX} characters)"
+                )
+            appliance = value
+        elif key in _CLAIM_KEYS:
             if _CLAIM_KEYS[key].fullmatch(value) is None:
                 raise invalid(f"parameter {key}: {shown(value)} is not a Kubernetes name")
             claim[key] = value
@@ -110,11 +126,11 @@ def volume_parameters(params: Mapping[str, str], fs_type: str | None = None) -> 
                 check_mkfs_options(fs_type, value, f"parameter {MKFS_OPTIONS}")
                 out[key] = value
         else:
-            known = ", ".join(sorted([*_INT_PARAMS, MKFS_OPTIONS]))
+            known = ", ".join(sorted([*_INT_PARAMS, MKFS_OPTIONS, APPLIANCE]))
             raise invalid(
                 f"parameter {shown(key)}: unknown (known: {known}, and {SIDECAR_PREFIX}*)"
             )
-    return Parameters(out, _comment(claim))
+    return Parameters(out, _comment(claim), appliance)
 
 
 def check_mkfs_options(fs_type: str, options: str, where: str) -> list[str]:

@@ -17,6 +17,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..clock import Clock
+from ..csi.naming import split_id
 from ..io.rds.connection import RDSConnection
 from ..io.rds.errors import RDSError
 from ..io.rds.volumes import VolumeStore
@@ -95,8 +96,10 @@ class StoreView:
         unread = self._unread()
         if unread is not None:
             return unread
+        parts = split_id(volume_id)
+        slot = parts[1] if parts is not None else volume_id
         try:
-            vol = await asyncio.wait_for(self.store.get_volume(volume_id), self.timeout)
+            vol = await asyncio.wait_for(self.store.get_volume(slot), self.timeout)
         except TimeoutError:
             return {"read": False, "why": f"no answer in {self.timeout:g} s"}
         except (RDSError, ValueError) as exc:

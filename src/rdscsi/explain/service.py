@@ -25,7 +25,7 @@ from ..clock import Clock
 from ..control.derive import Deriver
 from ..control.nodes import NodeBook, NodeView
 from ..control.record import AttachmentRecord, ClusterRecord
-from ..csi.naming import is_volume_id
+from ..csi.naming import is_volume_id, split_id, volume_slot
 from ..csi.naming import volume_id as volume_id_of
 from ..hooks.recorder import FlightRecorder
 from ..machines.attachment import AttachInput
@@ -154,8 +154,11 @@ class Explainer:
             if kind == "pv":
                 if self.cluster:
                     raise Refused(404, f"no PV {name} of this driver in this replica's view")
-                # Standalone: the PV's name is the name CreateVolume was given.
-                return "volume", volume_id_of(name), asked
+                # Standalone: the PV's name is the name CreateVolume was given; which
+                # appliance holds it, the attachment record knows if it was ever attached.
+                slot = volume_slot(name)
+                held = [v for v in self.record.volume_ids() if (split_id(v) or ("", ""))[1] == slot]
+                return "volume", held[0] if len(held) == 1 else volume_id_of(name), asked
         if kind in ("", "volume"):
             if is_volume_id(name) or list(self.record.observe(name).claims):
                 return "volume", name, asked
@@ -249,10 +252,12 @@ def _connected(view: ApplianceView) -> bool:
 
 
 def for_controller(app: ControllerApp) -> Explainer:
-    """The explainer of a controller (standalone until `bind_cluster`)."""
-    rds, store, config = app.rds, app.store, app.config
-    name = config.rds.name
-    view = StoreView(name, rds, store, config.rds.nvme_address or config.rds.address)
+    """The explainer of a controller (standalone until `bind_cluster`): one view per
+    appliance of its fleet, each volume explained with its own appliance's."""
+    config = app.config
+    views: dict[str, ApplianceView] = {
+        a.name: StoreView(a.name, a.rds, a.store, a.nvme_address) for a in app.appliances
+    }
     leadership = app.leadership
     node = app.server.node
     return Explainer(
@@ -261,8 +266,8 @@ def for_controller(app: ControllerApp) -> Explainer:
         nodes=app.nodes,
         recorder=app.machines.recorder,
         clock=app.clock,
-        appliances={name: view},
-        appliance_of=lambda vid: name,
+        appliances=views,
+        appliance_of=app.appliances.appliance_of,
         replica=lambda: {
             "identity": leadership.identity,
             "leader": leadership.leading,
@@ -270,7 +275,7 @@ def for_controller(app: ControllerApp) -> Explainer:
             "mode": "standalone",
         },
         node_side=(config.node_id, node) if node is not None else None,
-        extra={"connect_timeout": rds.config.connect_timeout},
+        extra={"connect_timeout": app.rds.config.connect_timeout},
     )
 
 

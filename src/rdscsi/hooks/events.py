@@ -222,12 +222,13 @@ class EventListener:
     def _appliance(self, step: Step, reason: str, type_: str, note: str) -> None:
         conn = step.model
         assert isinstance(conn, ConnectionModel)
+        where = conn.address if conn.name == conn.address else f"{conn.name} ({conn.address})"
         self.sink.emit(
             ClusterEvent(
                 reason,
                 type_,
-                ObjectRef("Appliance", conn.address),
-                f"RDS {conn.address}: {note}",
+                ObjectRef("Appliance", conn.name),
+                f"RDS {where}: {note}",
                 "Connect",
             )
         )

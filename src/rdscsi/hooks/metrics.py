@@ -3,8 +3,8 @@
 Per machine: `rds_csi_<machine>_state{state}` (objects in each state),
 `rds_csi_fsm_transitions_total{machine,source,target,event}` and
 `rds_csi_fsm_time_in_state_seconds{machine,state}` (observed when a state is left).
-From named hooks: appliance reconnects, rejected configurations and stale-attachment
-clearing.
+From named hooks: appliance reconnects and rejected configurations (labelled with the
+appliance's name), and stale-attachment clearing.
 Label children are cached so a transition costs a few dictionary look-ups.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from ..machines.connection import REJECTED_SETTINGS, ConnectionModel
+from ..machines.connection import ConnectionModel
 from ..machines.engine import FSMModel, MachineDef, Step
 
 RECONNECT_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
@@ -56,28 +56,26 @@ class MachineMetrics:
             ["appliance"],
             registry=registry,
         )
+        # Per appliance: their label values are pre-set when its Connection model is tracked.
         self.reconnects = Counter(
             "rds_csi_rds_reconnect_total",
-            "Reconnect attempts to the appliance by outcome",
-            ["status"],
+            "Reconnect attempts to an appliance by outcome",
+            ["appliance", "status"],
             registry=registry,
         )
-        for status in ("success", "failure"):
-            self.reconnects.labels(status)
         self.reconnect_duration = Histogram(
             "rds_csi_rds_reconnect_duration_seconds",
-            "From losing the appliance connection to having it back",
+            "From losing an appliance connection to having it back",
+            ["appliance"],
             buckets=RECONNECT_BUCKETS,
             registry=registry,
         )
         self.config_rejected = Counter(
             "rds_csi_rds_config_rejected_total",
-            "Dials the appliance answered but rejected, by the setting to fix (not outages)",
-            ["setting"],
+            "Dials an appliance answered but rejected, by the setting to fix (not outages)",
+            ["appliance", "setting"],
             registry=registry,
         )
-        for setting in REJECTED_SETTINGS:
-            self.config_rejected.labels(setting)
         self.stale_cleared = Counter(
             "rds_csi_attachment_stale_cleared_total",
             "Stale attachments released after evidence and the grace period",
@@ -128,13 +126,15 @@ class MetricsListener:
         self._actions = {
             h: metrics.reconcile_actions.labels(a) for h, a in RECONCILE_ACTIONS.items()
         }
-        self._success = metrics.reconnects.labels("success")
-        self._failure = metrics.reconnects.labels("failure")
 
     # lifecycle of tracked objects
     def on_track(self, machine: str, model: FSMModel) -> None:
         self._state[model.state or ""].inc()
         if isinstance(model, ConnectionModel):
+            for status in ("success", "failure"):
+                self.m.reconnects.labels(model.key, status)
+            for setting in model.rejectable:
+                self.m.config_rejected.labels(model.key, setting)
             self._connection(model)
 
     def on_forget(self, machine: str, model: FSMModel) -> None:
@@ -152,22 +152,26 @@ class MetricsListener:
 
     def _connection(self, model: ConnectionModel) -> None:
         up = 1 if model.state == "connected" else 0
-        self.m.connection_state.labels(model.address).set(up)
+        self.m.connection_state.labels(model.key).set(up)
 
     # named hooks
     def reconnect_succeeded(self, step: Step) -> None:
-        self._success.inc()
         model = step.model
-        if isinstance(model, ConnectionModel) and model.lost_at is not None:
-            self.m.reconnect_duration.observe(max(0.0, step.now - model.lost_at))
+        if isinstance(model, ConnectionModel):
+            self.m.reconnects.labels(model.key, "success").inc()
+            if model.lost_at is not None:
+                seconds = max(0.0, step.now - model.lost_at)
+                self.m.reconnect_duration.labels(model.key).observe(seconds)
 
     def reconnect_failed(self, step: Step) -> None:
-        self._failure.inc()
+        model = step.model
+        if isinstance(model, ConnectionModel):
+            self.m.reconnects.labels(model.key, "failure").inc()
 
     def config_rejected(self, step: Step) -> None:
         model = step.model
         if isinstance(model, ConnectionModel):
-            self.m.config_rejected.labels(model.setting or "unknown").inc()
+            self.m.config_rejected.labels(model.key, model.setting or "unknown").inc()
 
     def marked_stale(self, step: Step) -> None:
         self._actions["marked_stale"].inc()

@@ -25,7 +25,9 @@ BACKOFF_CAP = BACKOFF_STEPS[-1]
 JITTER = 0.10
 # The settings a rejection names (the YAML keys of `rds_csi.config.ApplianceConfig`): a
 # refused login is the key (or the user it is for), an untrusted host key the pins or file.
-REJECTED_SETTINGS = ("rds.key_file", "rds.host_keys", "rds.known_hosts")
+# Each under its appliance's section: `rds.key_file`, `appliances.rds-b.key_file`.
+REJECTED_LEAVES = ("key_file", "host_keys", "known_hosts")
+REJECTED_SETTINGS = tuple(f"rds.{leaf}" for leaf in REJECTED_LEAVES)
 
 
 def backoff_delay(attempt: int, jitter: float) -> float:
@@ -35,11 +37,23 @@ def backoff_delay(attempt: int, jitter: float) -> float:
 
 
 class ConnectionModel(FSMModel):
-    __slots__ = ("address", "attempt", "delay", "fingerprint", "lost_at", "reason", "setting")
+    __slots__ = (
+        "address",
+        "attempt",
+        "delay",
+        "fingerprint",
+        "lost_at",
+        "name",
+        "reason",
+        "section",
+        "setting",
+    )
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, name: str = "", section: str = "rds") -> None:
         super().__init__()
-        self.address = address
+        self.address = address  # host:port
+        self.name = name or address  # the appliance's name in the fleet
+        self.section = section  # where its settings are in the configuration
         self.attempt = 0  # failed attempts since the link was last up
         self.delay = 0.0  # the backoff delay chosen on entering `backoff`
         self.lost_at: float | None = None  # when the link went down (reconnect duration)
@@ -49,7 +63,12 @@ class ConnectionModel(FSMModel):
 
     @property
     def key(self) -> str:
-        return self.address
+        return self.name
+
+    @property
+    def rejectable(self) -> tuple[str, ...]:
+        """The settings a rejection of this appliance may name."""
+        return tuple(f"{self.section}.{leaf}" for leaf in REJECTED_LEAVES)
 
 
 @dataclass(frozen=True, slots=True)

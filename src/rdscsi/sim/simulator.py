@@ -46,6 +46,7 @@ class SimConfig:
     monitor_interval: float = 1.0  # `monitor-traffic` without `once` repeats this often
     clock: Clock = field(default_factory=LoopClock)
     relay_socket: Path | None = None  # also answer commands relayed by a real sshd (`relay`)
+    files_root: Path | None = None  # where the pool's files live; None: <data_dir>/files
 
 
 def load_or_create_host_key(data_dir: Path) -> asyncssh.SSHKey:
@@ -100,7 +101,9 @@ class Simulator:
         if config.authorized_keys_file is not None:
             for key in read_public_keys(Path(config.authorized_keys_file).read_text()):
                 self.authorize_key(key)
-        self.store = Store.open(self.data_dir, config.pool_name, config.pool_size)
+        self.store = Store.open(
+            self.data_dir, config.pool_name, config.pool_size, config.files_root
+        )
         self.interpreter = Interpreter(
             self.store,
             render=config.render,
@@ -138,7 +141,9 @@ class Simulator:
             return
         self._lock_data_dir()
         try:
-            self.store = Store.open(self.data_dir, self.config.pool_name, self.store.pool_size)
+            self.store = Store.open(
+                self.data_dir, self.config.pool_name, self.store.pool_size, self.config.files_root
+            )
             self.store.discard_partial_copies()
             self.interpreter.store = self.store
             self._acceptor = await self._listen()

@@ -96,11 +96,18 @@ def _load_disk(raw: dict[str, Any]) -> Disk:
 
 
 class Store:
-    def __init__(self, data_dir: Path, pool_name: str = DEFAULT_POOL, pool_size: int = TIB) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        pool_name: str = DEFAULT_POOL,
+        pool_size: int = TIB,
+        files_root: Path | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.pool_name = pool_name
         self.pool_size = pool_size
-        self.files_root = data_dir / "files"
+        # Several simulators may share one (`rdscsi run --appliances N`), each its own pool.
+        self.files_root = files_root or data_dir / "files"
         self.tmp_dir = data_dir / "tmp"
         self.state_path = data_dir / "state.json"
         self.disks: dict[str, Disk] = {}
@@ -111,8 +118,14 @@ class Store:
         self.lock = asyncio.Lock()
 
     @classmethod
-    def open(cls, data_dir: Path, pool_name: str = DEFAULT_POOL, pool_size: int = TIB) -> Store:
-        store = cls(data_dir, pool_name, pool_size)
+    def open(
+        cls,
+        data_dir: Path,
+        pool_name: str = DEFAULT_POOL,
+        pool_size: int = TIB,
+        files_root: Path | None = None,
+    ) -> Store:
+        store = cls(data_dir, pool_name, pool_size, files_root)
         (store.files_root / pool_name).mkdir(parents=True, exist_ok=True)
         store.tmp_dir.mkdir(parents=True, exist_ok=True)
         if store.state_path.exists():

@@ -19,6 +19,7 @@ orphan cleaner that matched too broadly once disconnected a host's own NVMe root
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -184,7 +185,7 @@ class NvmeTransport:
 
     def __init__(
         self,
-        nqn_prefix: str,
+        nqn_prefix: str | Sequence[str],
         sysfs: Path = Path("/sys"),
         dev: Path = Path("/dev"),
         nvme: str = "nvme",
@@ -197,7 +198,12 @@ class NvmeTransport:
     ) -> None:
         if attempts < 1:
             raise ValueError(f"attempts must be >= 1, got {attempts}")
-        self.nqn_prefix = validate_nqn_prefix(nqn_prefix)
+        # One per appliance of the fleet (usually all alike); a session is ours under any.
+        given = [nqn_prefix] if isinstance(nqn_prefix, str) else list(nqn_prefix)
+        self.nqn_prefixes = tuple(validate_nqn_prefix(p) for p in given) or (
+            validate_nqn_prefix(""),
+        )
+        self.nqn_prefix = self.nqn_prefixes[0]
         self.sysfs = sysfs
         self.dev = dev
         self.nvme = nvme
@@ -215,9 +221,16 @@ class NvmeTransport:
 
     def _nqn(self, target: Target) -> str:
         try:
-            return validate_nqn(target.nqn, "nqn", self.nqn_prefix)
+            return self._under_prefix(target.nqn)
         except InvalidTarget as exc:
             raise exc.about(target) from None
+
+    def _under_prefix(self, nqn: object) -> str:
+        """`nqn` if it is well-formed and under one of our prefixes, else InvalidTarget."""
+        for prefix in self.nqn_prefixes[1:]:
+            with contextlib.suppress(InvalidTarget):
+                return validate_nqn(nqn, "nqn", prefix)
+        return validate_nqn(nqn, "nqn", self.nqn_prefix)
 
     def connect_argv(self, target: Target) -> list[str]:
         """The ``nvme connect`` command for ``target``, every value validated (defaults for
@@ -414,7 +427,7 @@ class NvmeTransport:
     def _ours(self, nqn: str) -> bool:
         """Under our prefix and well-formed: the only NQNs this driver can have connected."""
         try:
-            validate_nqn(nqn, "nqn", self.nqn_prefix)
+            self._under_prefix(nqn)
         except InvalidTarget:
             return False
         return True

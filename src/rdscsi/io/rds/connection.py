@@ -100,10 +100,22 @@ class RDSConfig:
     health_timeout: float = 5.0  # for one health command, channel open included
     keepalive_interval: float = 3.0  # SSH keepalive after this long without a byte
     keepalive_count: int = 2  # unanswered keepalives before the link counts as lost
+    appliance: str = ""  # its name in the fleet ('': known by its address)
+    section: str = "rds"  # where its settings are in the configuration (`appliances.rds-b`)
 
     @property
     def name(self) -> str:
+        """How logs, metrics and events name it: the appliance's name, else its address."""
+        return self.appliance or f"{self.address}:{self.port}"
+
+    @property
+    def target(self) -> str:
         return f"{self.address}:{self.port}"
+
+    def setting(self, leaf: str) -> str:
+        """The configuration path of one of its settings (`rds.key_file`), for naming a
+        rejected one."""
+        return f"{self.section}.{leaf}"
 
     @property
     def sessions(self) -> int:
@@ -136,54 +148,83 @@ class RDSConfig:
 
 @dataclass
 class CommandMetrics:
+    """The SSH transport's series, one registry's worth; each connection records through
+    `of(appliance)`, every series labelled with its appliance's name."""
+
     registry: CollectorRegistry = field(default=REGISTRY)
 
     def __post_init__(self) -> None:
         r = self.registry
         self.duration = Histogram(
             "rds_csi_rds_command_duration_seconds",
-            "Appliance command latency by command verb",
-            ["verb"],
+            "Appliance command latency by appliance and command verb",
+            ["appliance", "verb"],
             buckets=COMMAND_BUCKETS,
             registry=r,
         )
         self.errors = Counter(
             "rds_csi_rds_command_errors_total",
-            "Appliance commands that failed, by verb and error type",
-            ["verb", "error"],
+            "Appliance commands that failed, by appliance, verb and error type",
+            ["appliance", "verb", "error"],
             registry=r,
         )
         self.refused = Counter(
             "rds_csi_rds_channel_refused_total",
             "Channel opens the appliance refused (nothing sent; retried, never a lost link)",
+            ["appliance"],
             registry=r,
         )
         self.lingering = Gauge(
             "rds_csi_rds_channels_lingering",
             "Timed-out commands whose channel (a server session) is still open",
+            ["appliance"],
             registry=r,
         )
         self.stderr = Counter(
             "rds_csi_rds_stderr_total",
-            "Replies with text on stderr, by kind (notice, error, other)",
-            ["kind"],
+            "Replies with text on stderr, by appliance and kind (notice, error, other)",
+            ["appliance", "kind"],
             registry=r,
         )
-        for kind in STDERR_KINDS:
-            self.stderr.labels(kind)
         self.health = Counter(
             "rds_csi_rds_health_checks_total",
-            "Health commands by outcome (none of them closes the link)",
-            ["outcome"],
+            "Health commands by appliance and outcome (none of them closes the link)",
+            ["appliance", "outcome"],
             registry=r,
         )
-        for outcome in HEALTH_OUTCOMES:
-            self.health.labels(outcome)
         self.health_restarts = Counter(
             "rds_csi_rds_health_loop_restarts_total",
             "Times the health loop died on an unexpected error and was restarted",
+            ["appliance"],
             registry=r,
         )
+
+    def of(self, appliance: str) -> ApplianceCommandMetrics:
+        return ApplianceCommandMetrics(self, appliance)
+
+
+class ApplianceCommandMetrics:
+    """One appliance's children of `CommandMetrics`, its fixed label values pre-set at 0."""
+
+    def __init__(self, metrics: CommandMetrics, appliance: str) -> None:
+        self.m, self.appliance = metrics, appliance
+        self.refused = metrics.refused.labels(appliance)
+        self.lingering = metrics.lingering.labels(appliance)
+        self.health_restarts = metrics.health_restarts.labels(appliance)
+        self._stderr = {k: metrics.stderr.labels(appliance, k) for k in STDERR_KINDS}
+        self._health = {o: metrics.health.labels(appliance, o) for o in HEALTH_OUTCOMES}
+
+    def observe(self, verb: str, seconds: float) -> None:
+        self.m.duration.labels(self.appliance, verb).observe(seconds)
+
+    def error(self, verb: str, error: str) -> None:
+        self.m.errors.labels(self.appliance, verb, error).inc()
+
+    def stderr(self, kind: str) -> None:
+        self._stderr[kind].inc()
+
+    def health(self, outcome: str) -> None:
+        self._health[outcome].inc()
 
 
 @dataclass
@@ -209,9 +250,9 @@ class RDSConnection:
         self.engine = engine
         self.clock = clock
         self.rng = rng or random.Random()
-        self.metrics = metrics
+        self.metrics = metrics.of(config.name) if metrics is not None else None
         self.commands = builder or CommandBuilder()
-        self.model = ConnectionModel(config.name)
+        self.model = ConnectionModel(config.target, config.appliance, config.section)
         self._conn: asyncssh.SSHClientConnection | None = None
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._health_slot = asyncio.Semaphore(1)  # never behind commands
@@ -456,7 +497,7 @@ class RDSConnection:
             outcome = "error"
             log.exception("RDS %s: health command failed unexpectedly", self.config.name)
         if self.metrics is not None:
-            self.metrics.health.labels(outcome).inc()
+            self.metrics.health(outcome)
         return outcome
 
     # --- commands -------------------------------------------------------------------------------
@@ -472,11 +513,11 @@ class RDSConnection:
             return accept(reply, command, lambda text: self._stderr(text, command))
         except RDSError as exc:
             if self.metrics is not None:
-                self.metrics.errors.labels(command.verb, type(exc).__name__).inc()
+                self.metrics.error(command.verb, type(exc).__name__)
             raise
         finally:
             if self.metrics is not None:
-                self.metrics.duration.labels(command.verb).observe(self.clock.monotonic() - started)
+                self.metrics.observe(command.verb, self.clock.monotonic() - started)
 
     def _live(self, command: Command) -> asyncssh.SSHClientConnection:
         conn = self._conn
@@ -583,7 +624,7 @@ class RDSConnection:
     def _stderr(self, text: str, command: Command) -> None:
         kind = classify_stderr(text)
         if self.metrics is not None:
-            self.metrics.stderr.labels(kind).inc()
+            self.metrics.stderr(kind)
         level = logging.DEBUG if kind == "notice" else logging.WARNING
         log.log(
             level,

@@ -64,12 +64,16 @@ def known_hosts(cfg: RDSConfig) -> Any:
         try:
             keys.append(asyncssh.import_public_key(pinned))
         except (asyncssh.KeyImportError, ValueError) as exc:
-            raise Rejected("rds.host_keys", f"not a public key: {pinned[:40]!r}: {exc}") from exc
+            raise Rejected(
+                cfg.setting("host_keys"), f"not a public key: {pinned[:40]!r}: {exc}"
+            ) from exc
     if cfg.known_hosts:
         try:
             known = asyncssh.read_known_hosts(str(cfg.known_hosts))
         except (OSError, ValueError) as exc:
-            raise Rejected("rds.known_hosts", f"cannot read {cfg.known_hosts}: {exc}") from exc
+            raise Rejected(
+                cfg.setting("known_hosts"), f"cannot read {cfg.known_hosts}: {exc}"
+            ) from exc
         if not keys:
             return known
         keys.extend(known.match(cfg.address, "", cfg.port)[0])  # both: file and pins
@@ -84,7 +88,7 @@ def client_keys(cfg: RDSConfig) -> Sequence[asyncssh.SSHKeyPair] | None:
     try:
         return asyncssh.load_keypairs(paths)
     except (OSError, asyncssh.KeyImportError, ValueError) as exc:
-        raise Rejected("rds.key_file", f"cannot load {', '.join(paths)}: {exc}") from exc
+        raise Rejected(cfg.setting("key_file"), f"cannot load {', '.join(paths)}: {exc}") from exc
 
 
 def fingerprint(public_data: bytes) -> str:
@@ -110,19 +114,19 @@ async def rejection(
             pairs = client_keys(cfg) or ()
             ours = "".join(f" {fingerprint(p.key_public_data)}" for p in pairs)
         return Rejected(
-            "rds.key_file",
+            cfg.setting("key_file"),
             f"the appliance refused user {cfg.user!r} with the key{ours} in "
             f"{', '.join(str(k) for k in cfg.client_keys) or '(none)'} (authorise it on the "
-            "appliance, or check rds.user)",
+            f"appliance, or check {cfg.setting('user')})",
             key.get_fingerprint() if key is not None else "",
         )
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
-        setting = "rds.host_keys" if cfg.host_keys else "rds.known_hosts"
+        setting = cfg.setting("host_keys" if cfg.host_keys else "known_hosts")
         key = client.offered
         if key is None:  # refused before we were asked (a revoked key): look it up
             with contextlib.suppress(Exception):
                 key = await fetch_key()
-        trusted = f"no entry of {cfg.known_hosts} for {cfg.name}"
+        trusted = f"no entry of {cfg.known_hosts} for {cfg.target}"
         if cfg.host_keys:
             trusted = "no pinned key" + (f" nor {trusted}" if cfg.known_hosts else "")
         why = "is revoked" if "revoked" in str(exc) else f"matches {trusted}"
