@@ -98,6 +98,10 @@ class PoolRefresh:
             if pool.size is not None and pool.free is not None:
                 self.gauge.record(appliance.name, pool.size, pool.free)
 
+    async def wait(self) -> None:
+        """Until the reads under way have finished (tests, and a clean stop)."""
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
     async def stop(self) -> None:
         tasks = [t for t in self.tasks.values() if not t.done()]
         for task in tasks:

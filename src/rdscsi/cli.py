@@ -245,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="simulated appliances, a fleet: sim (the default appliance), sim-2, ... each with "
-        "its own state and sim-fault socket (default: 1)",
+        help="simulated appliances (count, 1..8), a fleet: sim (the default appliance), "
+        "sim-2, ... each with its own state and sim-fault socket (default: 1)",
     )
     p.set_defaults(func=_run)
 

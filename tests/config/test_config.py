@@ -458,3 +458,117 @@ async def test_the_socket_path_limit_is_grpc_s(tmp_path: Path) -> None:
             assert binds, size
         finally:
             await server.stop(None)
+
+
+# --- a fleet of appliances -----------------------------------------------------------------------
+
+ED2 = KEY.replace("d2f", "d2e")
+
+
+def test_a_fleet_in_every_source_layered_by_name(tmp_path: Path) -> None:
+    """`appliances:` by name in YAML; `RDSCSI_APPLIANCES__<NAME>__<SETTING>` (a `-` in the
+    name written `_`); `--appliance NAME.SETTING=VALUE` through the real `serve` parser. The
+    sources layer per appliance and per setting, as `rds:` does."""
+    from rdscsi.cli import build_parser, flags_from_args
+
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        f"controller: true\nrds: {{address: 10.0.0.5, host_keys: ['{KEY}']}}\n"
+        "appliances:\n  rds-b:\n    address: 10.0.0.6\n    port: 2222\n"
+        f"    host_keys: ['{KEY}']\n"
+    )
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--config",
+            str(f),
+            "--appliance",
+            "rds-b.port=2200",
+            "--appliance",
+            f"rds-b.host_keys={KEY}",
+            "--appliance",
+            f"rds-b.host_keys={ED2}",
+            "--appliance",
+            "rds-c.address=rds-c.example",
+            "--appliance",
+            "rds-c.insecure_skip_host_key_check=true",
+            "--rds-name",
+            "rds-a",
+        ]
+    )
+    env = {"RDSCSI_APPLIANCES__RDS_B__USER": "csi", "RDSCSI_APPLIANCES__RDS_C__PORT": "22"}
+    cfg = load(args.config, flags_from_args(args), env)
+    assert [a.name for a in cfg.fleet] == ["rds-a", "rds-b", "rds-c"]
+    assert cfg.default_appliance == "rds-a" and cfg.section_of("rds-b") == "appliances.rds-b"
+    b = cfg.fleet[1]
+    assert (b.address, b.port, b.user, b.host_keys) == ("10.0.0.6", 2200, "csi", [KEY, ED2])
+    assert cfg.fleet[2].insecure_skip_host_key_check and cfg.fleet[2].port == 22
+
+
+def test_rds_left_at_its_defaults_is_no_appliance_of_a_fleet() -> None:
+    other = {"address": "10.0.0.6", "host_keys": [KEY]}
+    cfg = load(None, {"controller": True, "appliances": {"rds-b": other}}, {})
+    assert [a.name for a in cfg.fleet] == ["rds-b"] and cfg.default_appliance == ""
+    # a node needs no addresses: the names alone give its topology
+    cfg = load(None, {"node": True, "node_id": "n1", "appliances": {"rds-b": {}}}, {})
+    assert [a.name for a in cfg.fleet] == ["rds-b"]
+    # `rds:` with any setting is an appliance, and then it needs its address
+    with pytest.raises(ConfigError, match="rds.address: missing"):
+        load(None, {"controller": True, "rds": {"user": "x"}, "appliances": {"b": other}}, {})
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"appliances": {"RDS_B": RDS}}, "appliances.RDS_B: 'RDS_B' is not a valid appliance name"),
+        ({"appliances": {"b" * 41: RDS}}, "at most 40 characters"),
+        ({"rds": {**RDS, "name": "Big"}}, "rds.name: 'Big' is not a valid appliance name"),
+        ({"appliances": {"rds": RDS}}, "appliances.rds: 'rds' is the name of rds (rds.name)"),
+        ({"appliances": {"b": {**RDS, "name": "c"}}}, "appliances.b.name: 'c': the key is the n"),
+        ({"appliances": {"b": {"host_keys": [KEY]}}}, "appliances.b.address: missing"),
+        ({"appliances": {"b": {"address": "h"}}}, "appliances.b.host_keys: missing; expected"),
+        ({"appliances": {"b": {**RDS, "port": "x"}}}, "appliances.b.port: 'x' is not valid"),
+        ({"appliances": {"b": {**RDS, "colour": 1}}}, "appliances.b.colour: unknown setting"),
+        ({"appliances": {"b": {**RDS, "address": "h:22"}}}, "(set appliances.b.port)"),
+        ({"appliances": {"b": {**RDS, "nvme_address": "u@h"}}}, "(set appliances.b.user)"),
+        ({"appliances": {"b": {**RDS, "host_keys": ["x"]}}}, "appliances.b.host_keys[0]: 'x'"),
+        ({"appliances": ["b"]}, "appliances: ['b'] is not valid; expected a mapping of applia"),
+        ({"appliances": {"b": "h"}}, "appliances.b: 'h' is not a mapping"),
+        ({"node_appliances": ["rds-z"]}, "node_appliances[0]: 'rds-z' is not an appliance of"),
+    ],
+)
+def test_fleet_mistakes_name_the_appliance_and_the_setting(
+    data: dict[str, object], needle: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(None, {"controller": True, "rds": RDS, **data}, {})
+    assert any(needle in p for p in err.value.problems), err.value.problems
+
+
+@pytest.mark.parametrize(
+    ("word", "needle"),
+    [
+        ("rds-b.address", "--appliance 'rds-b.address': not NAME.SETTING=VALUE"),
+        ("address=10.0.0.6", "not NAME.SETTING=VALUE"),
+        ("rds-b.adress=10.0.0.6", "(did you mean 'address'?)"),
+        ("rds-b.name=x", "with a known setting"),
+    ],
+)
+def test_a_malformed_appliance_flag_is_refused_in_one_line(
+    word: str, needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["serve", "--controller", "--rds-address", "r", "--rds-host-key", KEY,
+                 "--appliance", word])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+
+
+def test_the_key_files_of_every_appliance_are_checked(tmp_path: Path) -> None:
+    data = _controller(tmp_path, host_keys=[ED])
+    data["appliances"] = {
+        "rds-b": {"address": "h", "host_keys": [ED], "key_file": str(tmp_path / "nope")}
+    }
+    with pytest.raises(ConfigError) as err:
+        load(None, data, {}).prepare()
+    (problem,) = err.value.problems
+    assert problem.startswith(f"appliances.rds-b.key_file: '{tmp_path / 'nope'}' does not exist")

@@ -674,13 +674,17 @@ async def test_leadership_terms_and_the_startup_event(cluster: Cluster) -> None:
 
 async def test_pool_capacity_is_recorded(cluster: Cluster) -> None:
     got = await cluster.controller.GetCapacity(pb.GetCapacityRequest())
-    free = cluster.registry.get_sample_value("rds_csi_pool_bytes", {"kind": "free"})
-    size = cluster.registry.get_sample_value("rds_csi_pool_bytes", {"kind": "size"})
+    on = {"appliance": "sim-1"}
+    free = cluster.registry.get_sample_value("rds_csi_pool_bytes", {**on, "kind": "free"})
+    size = cluster.registry.get_sample_value("rds_csi_pool_bytes", {**on, "kind": "size"})
     assert free == got.available_capacity and size == 64 << 30
     await create(cluster, size=GIB)
     cluster.app.reconciler.trigger("test")  # each pass refreshes the figures too
     await cluster.app.reconciler.wait_idle()
-    assert cluster.registry.get_sample_value("rds_csi_pool_bytes", {"kind": "free"}) == free - GIB
+    assert cluster.app.pool is not None
+    await cluster.app.pool.wait()  # each appliance's read is a task of its own
+    left = cluster.registry.get_sample_value("rds_csi_pool_bytes", {**on, "kind": "free"})
+    assert left == free - GIB
 
 
 async def test_a_deposed_leader_sends_no_more_appliance_commands(cluster: Cluster) -> None:
@@ -695,4 +699,6 @@ async def test_a_deposed_leader_sends_no_more_appliance_commands(cluster: Cluste
     app.leadership.lease_held = lambda: True
     app.reconciler.trigger("test")
     await app.reconciler.wait_idle()
+    assert app.pool is not None
+    await app.pool.wait()
     assert len(cluster.sim.commands) > before

@@ -82,13 +82,19 @@ def github_anchor(heading: str) -> str:
 def _preset_values() -> dict[tuple[str, str], set[str]]:
     from prometheus_client import CollectorRegistry
 
-    from rdscsi.hooks.metrics import MachineMetrics
+    from rdscsi.hooks.metrics import MachineMetrics, MetricsListener
     from rdscsi.io.rds.connection import CommandMetrics
-    from rdscsi.machines import MACHINES, compile_machine
+    from rdscsi.machines import MACHINES, ConnectionMachine, compile_machine
+    from rdscsi.machines.connection import ConnectionModel
 
     registry = CollectorRegistry()
-    MachineMetrics([compile_machine(c) for c in MACHINES], registry)
-    CommandMetrics(registry)  # the SSH transport's series, pre-set the same way
+    metrics = MachineMetrics([compile_machine(c) for c in MACHINES], registry)
+    # One appliance's series are pre-set when its Connection machine is tracked, and the
+    # SSH transport's when its connection binds them: the default appliance's here.
+    model = ConnectionModel("127.0.0.1:22", "rds", "rds")
+    model.state = "starting"
+    MetricsListener(metrics, compile_machine(ConnectionMachine)).on_track("connection", model)
+    CommandMetrics(registry).of("rds")
     out: dict[tuple[str, str], set[str]] = {}
     for family in registry.collect():
         for sample in family.samples:
@@ -117,11 +123,12 @@ def _error_classes() -> set[str]:
 
 
 def _literal_labels(series: str) -> set[str] | None:
-    """The string literals of `.labels("...")` calls in the module declaring `series`."""
+    """The string literals of `.labels("...")` calls in the module declaring `series` (the
+    last argument's, after a variable one such as the appliance: `.labels(name, "free")`)."""
     for path in SRC.rglob("*.py"):
         text = path.read_text()
         if f'"{series}"' in text:
-            return set(re.findall(r'\.labels\("([^"]+)"\)', text))
+            return set(re.findall(r'\.labels\((?:[a-z_.]+,\s*)?"([^"]+)"\)', text))
     return None
 
 
@@ -255,12 +262,21 @@ def test_every_alert_has_its_runbook_section() -> None:
 # --- the dashboard -------------------------------------------------------------------------
 
 
-def test_dashboard_variables_are_component_and_pod() -> None:
+def test_dashboard_variables_are_component_pod_and_appliance() -> None:
     dash = json.loads(DASHBOARD.read_text())
     variables = {v["name"]: v for v in dash["templating"]["list"]}
-    assert set(variables) == {"DS_PROMETHEUS", "component", "pod"}
+    assert set(variables) == {"DS_PROMETHEUS", "component", "pod", "appliance"}
     assert "component" in variables["component"]["definition"]
     assert '{component=~"$component"}' in variables["pod"]["definition"]
+    # the appliances of the fleet, from a series every appliance has from the start
+    assert variables["appliance"]["definition"] == (
+        'label_values(rds_csi_rds_connection_state{component=~"$component"}, appliance)'
+    )
+    per_appliance = {n for n, r in rows().items() if "appliance" in r.labels}
+    for expr in panel_exprs():
+        for series, _ in selectors(expr):
+            if series in per_appliance:
+                assert 'appliance=~"$appliance"' in expr, expr
     # the label exists: the PodMonitors set it
     for o in rendered():
         if o["kind"] == "PodMonitor":

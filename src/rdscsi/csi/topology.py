@@ -128,8 +128,10 @@ class Layout:
                     f"{what}: appliances {', '.join(candidates)} can each take it and none "
                     "is the default: name one with the StorageClass parameter appliance"
                 )
+            elif len(self.names) == 1:
+                raise self._excluded(what, f"appliance {self.names[0]}")
             else:
-                raise self._excluded(what, "every appliance")
+                raise self._excluded(what, f"every appliance ({', '.join(self.names)})")
         if not self.allowed(chosen.appliance, requirement):
             raise self._excluded(what, f"appliance {chosen.appliance} ({chosen.why})")
         return chosen

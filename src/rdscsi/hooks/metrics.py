@@ -133,6 +133,7 @@ class MetricsListener:
         if isinstance(model, ConnectionModel):
             for status in ("success", "failure"):
                 self.m.reconnects.labels(model.key, status)
+            self.m.reconnect_duration.labels(model.key)
             for setting in model.rejectable:
                 self.m.config_rejected.labels(model.key, setting)
             self._connection(model)
