@@ -513,7 +513,7 @@ def test_rds_left_at_its_defaults_is_no_appliance_of_a_fleet() -> None:
     cfg = load(None, {"node": True, "node_id": "n1", "appliances": {"rds-b": {}}}, {})
     assert [a.name for a in cfg.fleet] == ["rds-b"]
     # `rds:` with any setting is an appliance, and then it needs its address
-    with pytest.raises(ConfigError, match="rds.address: missing"):
+    with pytest.raises(ConfigError, match=r"rds\.address: missing"):
         load(None, {"controller": True, "rds": {"user": "x"}, "appliances": {"b": other}}, {})
 
 

@@ -18,10 +18,10 @@ import grpc
 from rdscsi.csi import csi_pb2 as pb
 
 from .conftest import (
-    A,
-    B,
     DRIVER,
     GIB,
+    A,
+    B,
     Fleet,
     fleet_yaml,
     mount_cap,
