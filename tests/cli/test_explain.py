@@ -1,5 +1,6 @@
 """`rdscsi explain` as a user runs it: a subprocess against a running `rdscsi run` (its
-metrics address), reading what the driver serves at `/debug/explain`."""
+metrics address), reading what the driver serves at `/debug/explain`. The run is a fleet of
+two simulated appliances (`--appliances 2`): `sim`, the default, and `sim-2`."""
 
 from __future__ import annotations
 
@@ -34,11 +35,13 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             f"127.0.0.1:{port}",
             "--node-id",
             "local",
+            "--appliances",
+            "2",
         ]
     )
     try:
         proc.wait_for("Ctrl-C to stop")
-        proc.wait_for("connecting --succeeded--> connected")  # the appliance answers
+        proc.wait_for("connecting --succeeded--> connected", count=2)  # both answer
         yield Running(proc, state, port)
     finally:
         code = proc.stop(signal.SIGINT)
@@ -53,11 +56,14 @@ def explain(running: Running, *args: str) -> Any:
     return json.loads(done.stdout) if "--json" in args else done.stdout
 
 
-def published(running: Running) -> str:
+def published(running: Running, name: str = PVC, appliance: str = "") -> str:
     async def go() -> str:
         async with grpc.aio.insecure_channel(running.endpoint) as channel:
             ctl = csi_pb2_grpc.ControllerStub(channel)
-            vol = (await ctl.CreateVolume(_create(PVC))).volume
+            req = _create(name)
+            if appliance:
+                req.parameters["appliance"] = appliance
+            vol = (await ctl.CreateVolume(req)).volume
             await ctl.ControllerPublishVolume(
                 pb.ControllerPublishVolumeRequest(
                     volume_id=vol.volume_id,
@@ -142,6 +148,49 @@ def test_the_appliance_in_backoff_names_its_next_dial(running: Running) -> None:
     finally:
         assert rdscsi(*fault, "refuse", "off").returncode == 0
     running.proc.wait_for("reconnecting --succeeded--> connected")
+
+
+def test_each_appliance_of_the_fleet_explained_on_its_own(running: Running) -> None:
+    """`rdscsi run --appliances 2`: a volume on sim-2 is explained with sim-2's view, and
+    `explain appliance sim-2` follows sim-2's own connection while sim's stays up."""
+    assert "appliance sim-2: simulator on" in running.proc.output
+    slot = "pvc-00000000-0000-4000-8000-0000000000e2"
+    vid = published(running, slot, "sim-2")
+    assert vid == f"sim-2:{slot}" and vid in running.volumes()
+    body = explain(running, "volume", vid, "--json")
+    assert body["object"] == {"volume_id": vid, "appliance": "sim-2"}
+    appliance = body["appliance"]
+    assert (appliance["name"], appliance["connection"], appliance["read"]) == (
+        "sim-2",
+        "connected",
+        True,
+    )
+    assert appliance["disk"]["slot"] == slot and appliance["export"]["nqn"].endswith(slot)
+    assert explain(running, vid).startswith(f"volume {vid} on appliance sim-2\n")
+    body = explain(running, "appliance", "sim-2", "--json")
+    assert body["object"]["appliance"] == "sim-2" and body["machine"]["current"] == "connected"
+    assert body["appliance"]["read"] is True and body["appliance"]["pool"]["size_bytes"] > 0
+
+    fault = ["sim-fault", "--data-dir", str(running.state / "sim-2")]
+    assert rdscsi(*fault, "refuse", "on").returncode == 0
+    try:
+        assert rdscsi(*fault, "drop").returncode == 0
+        running.proc.wait_for("RDS sim-2: backoff: next attempt in")
+        down = explain(running, "appliance", "sim-2", "--json")
+        assert down["machine"]["current"] in ("backoff", "reconnecting")
+        assert down["appliance"]["read"] is False
+        # the volume on sim-2 waits for its appliance; sim and its volumes are untouched
+        on_b = explain(running, "volume", vid, "--json")["appliance"]
+        assert on_b["read"] is False and "sim-2" in on_b["why"]
+        up = explain(running, "appliance", "sim", "--json")
+        assert up["machine"]["current"] == "connected" and up["appliance"]["read"] is True
+        overview = explain(running, "--json")
+        states = {a["name"]: a["connection"] for a in overview["appliances"]}
+        assert states["sim"] == "connected" and states["sim-2"] != "connected"
+    finally:
+        back = running.proc.output.count("reconnecting --succeeded--> connected") + 1
+        assert rdscsi(*fault, "refuse", "off").returncode == 0
+    running.proc.wait_for("reconnecting --succeeded--> connected", count=back)
 
 
 def test_no_secret_in_any_answer(running: Running) -> None:

@@ -51,7 +51,7 @@ def commands() -> list[list[str]]:
 
 def test_the_example_manifest_is_valid() -> None:
     """The YAML the doc applies: a PVC and a pod, valid on both supported Kubernetes ends."""
-    (block,) = blocks("yaml")
+    (block,) = [b for b in blocks("yaml") if "kind:" in b]
     docs = [d for d in yaml.safe_load_all(block) if d]
     assert [d["kind"] for d in docs] == ["PersistentVolumeClaim", "Pod"]
     for version in (OLDEST_K8S, NEWEST_K8S):
@@ -66,7 +66,7 @@ def test_the_example_manifest_is_valid() -> None:
 
 
 def _example_yaml() -> list[Obj]:
-    (block,) = blocks("yaml")
+    (block,) = [b for b in blocks("yaml") if "kind:" in b]
     return [d for d in yaml.safe_load_all(block) if d]
 
 
@@ -208,3 +208,19 @@ def test_the_stated_versions_are_the_tested_ones() -> None:
         assert floor.group(1) == mkfs.KERNEL_FLOOR
     # a place for the high-availability section (written with the leadership work)
     assert "High availability" in TEXT
+
+
+def test_the_fleet_configuration_is_one_the_driver_takes() -> None:
+    """The two-appliance `config.yaml`: what the base's is, plus `appliances:`; the driver
+    loads it as it ships (the same key files, each appliance's own host key file)."""
+    from rdscsi.config import load
+
+    (block,) = [b for b in blocks("yaml") if "appliances:" in b]
+    data = yaml.safe_load(block)
+    base = yaml.safe_load((BASE / "config.yaml").read_text())
+    assert data["rds"]["key_file"] == base["rds"]["key_file"]
+    cfg = load(None, {**data, "controller": True}, {})
+    assert [a.name for a in cfg.fleet] == ["rds", "rds-b"] and cfg.default_appliance == "rds"
+    mount = "/etc/rdscsi/appliance/"
+    assert all(a.known_hosts.startswith(mount) and a.key_file.startswith(mount) for a in cfg.fleet)
+    assert "host_key_b.pub=appliance/host_key_b.pub" in TEXT

@@ -294,7 +294,9 @@ def test_the_parameters_table_lists_what_the_driver_accepts() -> None:
         assert f"{low}..{high}" in values and default == str(defaults[key]), rows[key]
         with pytest.raises(params.RPCError):
             params.volume_parameters({key: str(high + 1)})
-    assert {"mkfsOptions", "csi.storage.k8s.io/fstype"} <= set(rows)
+    assert {"mkfsOptions", "csi.storage.k8s.io/fstype", params.APPLIANCE} <= set(rows)
+    with pytest.raises(params.RPCError):  # an appliance is named as the configuration does
+        params.volume_parameters({params.APPLIANCE: "RDS B"})
     for key in rows:
         if "*" not in key:
             value = "-L x" if key == "mkfsOptions" else "ext4" if "fstype" in key else "5"
