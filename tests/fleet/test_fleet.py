@@ -263,18 +263,27 @@ async def test_placement_and_capacity_follow_the_class_and_the_topology(fleet: F
     c = fleet.controller
     both = pb.Topology(segments={KEY: A, f"{KEY}.{B}": B})
     only_b = pb.Topology(segments={f"{KEY}.{B}": B})
-    # No parameter: the default appliance, unless the topology allows only the other.
+    # No parameter: the default appliance; refused where the topology excludes it.
     v1 = await fleet.create(
         PVC_A, accessibility_requirements=pb.TopologyRequirement(requisite=[both], preferred=[both])
     )
     assert v1.volume_context["appliance"] == A
+    code, details = await code_of(
+        fleet.create("w", accessibility_requirements=pb.TopologyRequirement(requisite=[only_b]))
+    )
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and f"appliance {A} (the default" in details
     v2 = await fleet.create(
-        PVC_B, accessibility_requirements=pb.TopologyRequirement(requisite=[only_b])
+        PVC_B, B, accessibility_requirements=pb.TopologyRequirement(requisite=[only_b])
     )
     assert v2.volume_context["appliance"] == B and v2.volume_id == f"{B}:{PVC_B}"
-    # Named by the class; a name the fleet lacks is refused, naming those it has.
-    code, details = await code_of(fleet.create("x", "rds-c"))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and f"{A}, {B}" in details
+    # Named by the class; a name the fleet lacks is refused, naming it and those it has.
+    for call in (
+        fleet.create("x", "rds-c"),
+        c.GetCapacity(pb.GetCapacityRequest(parameters={"appliance": "rds-c"})),
+    ):
+        code, details = await code_of(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+        assert "'rds-c' is not an appliance" in details and f"{A}, {B}" in details
     code, details = await code_of(
         fleet.create(
             "y", A, accessibility_requirements=(pb.TopologyRequirement(requisite=[only_b]))
@@ -303,7 +312,7 @@ async def test_placement_and_capacity_follow_the_class_and_the_topology(fleet: F
 
     assert await capacity(B, None) == free_b and await capacity(A, None) == free_a
     assert await capacity("", dict(both.segments)) == free_a  # the default appliance
-    assert await capacity("", dict(only_b.segments)) == free_b  # the only one it reaches
+    assert await capacity("", dict(only_b.segments)) == 0  # the default is not reached there
     assert await capacity(A, dict(only_b.segments)) == 0  # that class cannot be made there
     assert await capacity(B, {KEY: A}) == 0
 

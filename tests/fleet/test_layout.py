@@ -73,24 +73,29 @@ def test_placement_order() -> None:
     assert LAYOUT.place("", None, source="rds-c").appliance == "rds-c"
     # 2. the class's parameter
     assert LAYOUT.place("rds-b", None).appliance == "rds-b"
-    # 3. the default appliance when the topology allows it, else the only one allowed
+    # 3. the default appliance, and only it: never another box because the node reaches
+    # only that one (capacity tracking could not be right: tests/fleet/test_capacity_tracking)
     assert LAYOUT.place("", None).appliance == "rds"
     assert LAYOUT.place("", req(both)).appliance == "rds"
-    assert LAYOUT.place("", req(only_b)).appliance == "rds-b"
-    assert LAYOUT.place("", req(only_b, preferred=True)).appliance == "rds-b"
+    assert LAYOUT.place("", req(only_b, both)).appliance == "rds"
+    assert LAYOUT.place("", req(both, preferred=True)).appliance == "rds"
     # a term with another key as well (a zone) still carries the appliance's segment
     assert LAYOUT.place("rds-b", req({**only_b, "zone": "z1"})).appliance == "rds-b"
-    assert NO_DEFAULT.place("", req(only_b)).appliance == "rds-b"
+    # 4. no default appliance: a fleet of one needs no name, a larger one does
+    assert Layout("x", ("rds-b",), "").place("", None).appliance == "rds-b"
+    assert NO_DEFAULT.place("rds-c", req(only_b, {f"{K}.rds-c": "rds-c"})).appliance == "rds-c"
 
 
 @pytest.mark.parametrize(
     ("layout", "asked", "requirement", "source", "code", "needle"),
     [
-        (NO_DEFAULT, "", None, None, "INVALID_ARGUMENT", "rds-b, rds-c can each take it"),
+        (NO_DEFAULT, "", None, None, "INVALID_ARGUMENT", "name one of rds-b, rds-c with the"),
+        (NO_DEFAULT, "", req({f"{K}.rds-b": "rds-b"}), None, "INVALID_ARGUMENT", "no default"),
+        (LAYOUT, "", req({f"{K}.rds-b": "rds-b"}), None, "RESOURCE_EXHAUSTED", "rds (the def"),
         (LAYOUT, "rds-x", None, None, "INVALID_ARGUMENT", "rds, rds-b, rds-c"),
         (LAYOUT, "rds-b", None, "rds-c", "INVALID_ARGUMENT", "its source is on appliance rds-c"),
         (LAYOUT, "rds", req({f"{K}.rds-b": "rds-b"}), None, "RESOURCE_EXHAUSTED", "rds (named"),
-        (LAYOUT, "", req({"zone": "z1"}), None, "RESOURCE_EXHAUSTED", "every appliance"),
+        (LAYOUT, "", req({"zone": "z1"}), None, "RESOURCE_EXHAUSTED", "appliance rds (the"),
         (LAYOUT, "", req({K: "other"}), "rds", "RESOURCE_EXHAUSTED", "where its source is"),
     ],
 )
@@ -113,7 +118,8 @@ def test_capacity_is_the_appliance_a_create_would_use_or_none() -> None:
     assert LAYOUT.capacity_appliance("", both) == "rds"
     assert LAYOUT.capacity_appliance("rds-b", both) == "rds-b"
     assert LAYOUT.capacity_appliance("rds-c", both) is None  # not reached from there
-    assert LAYOUT.capacity_appliance("", {f"{K}.rds-c": "rds-c"}) == "rds-c"
+    assert LAYOUT.capacity_appliance("", {f"{K}.rds-c": "rds-c"}) is None  # no default there
+    assert NO_DEFAULT.capacity_appliance("", {f"{K}.rds-b": "rds-b"}) is None
     assert NO_DEFAULT.capacity_appliance("", {f"{K}.rds-b": "rds-b", f"{K}.rds-c": "rds-c"}) is None
     with pytest.raises(RPCError):  # a class naming an appliance the driver lacks is wrong
         LAYOUT.capacity_appliance("rds-x", both)

@@ -18,18 +18,29 @@ that appliance's segment.
 
 1. a copy (a restore or a clone) goes where its source is: the appliance makes it as a
    copy-on-write copy of a file on its own pool; a class naming another appliance is refused;
-2. the StorageClass parameter `appliance: <name>`;
-3. otherwise, of the appliances the accessibility requirements allow (all, without any), the
-   default appliance, else the only one;
-4. otherwise the request is refused, naming the candidates: where a volume lives is its
-   failure domain, an operator's choice; a choice by free space could land a retried
-   create on another box than its first attempt.
+2. the StorageClass parameter `appliance: <name>` (a name the fleet lacks is refused,
+   naming those it has);
+3. otherwise the default appliance (`rds:`), so the classes made before the fleet keep
+   working; where the requirements exclude it, the request is refused (RESOURCE_EXHAUSTED),
+   never sent to another box;
+4. with no default appliance configured, a class must name one (INVALID_ARGUMENT), unless
+   the fleet has only one.
+
+Why never "the only appliance the node reaches", nor the one with most free space: where a
+volume lives is its failure domain, an operator's choice, and a choice by free space could
+land a retried create on another box than its first attempt. And capacity tracking could not
+be right: the scheduler takes a CSIStorageCapacity object for a node when the object's
+segment is a subset of the node's labels, so a node reaching A and B also matches the object
+of a node reaching only B. A class's volumes must therefore go to the same appliance from
+every node whose segment holds another's: a fixed appliance per class gives exactly that.
 
 **Capacity** (`Layout.capacity_appliance`): GetCapacity answers for the appliance a
 CreateVolume with the same parameters would use in the given topology segment, and 0 where
 it would be refused (no volume of that class can be made there). The external-provisioner
 asks once per StorageClass and per segment, a segment being every topology key of a node
-with its value; with the keys above that is the set of appliances the node reaches.
+with its value; with the keys above that is the set of appliances the node reaches. Any
+object whose segment a node's labels hold reports either the class's appliance, the one a
+volume made for that node goes to, or 0 (`tests/fleet/test_capacity_tracking.py`).
 """
 
 from __future__ import annotations
@@ -117,21 +128,15 @@ class Layout:
                     f"driver (it has: {', '.join(self.names)})"
                 )
             chosen = Placed(asked, "named by its StorageClass")
+        elif self.default:
+            chosen = Placed(self.default, "the default appliance")
+        elif len(self.names) == 1:
+            chosen = Placed(self.names[0], "the only appliance")
         else:
-            candidates = [n for n in self.names if self.allowed(n, requirement)]
-            if self.default in candidates:
-                chosen = Placed(self.default, "the default appliance")
-            elif len(candidates) == 1:
-                chosen = Placed(candidates[0], "the only appliance its topology allows")
-            elif candidates:
-                raise invalid(
-                    f"{what}: appliances {', '.join(candidates)} can each take it and none "
-                    "is the default: name one with the StorageClass parameter appliance"
-                )
-            elif len(self.names) == 1:
-                raise self._excluded(what, f"appliance {self.names[0]}")
-            else:
-                raise self._excluded(what, f"every appliance ({', '.join(self.names)})")
+            raise invalid(
+                f"{what}: no default appliance (rds:) is configured: name one of "
+                f"{', '.join(self.names)} with the StorageClass parameter appliance"
+            )
         if not self.allowed(chosen.appliance, requirement):
             raise self._excluded(what, f"appliance {chosen.appliance} ({chosen.why})")
         return chosen
