@@ -32,7 +32,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from .app import ControllerApp, NodeApp, build_controller
 from .clock import LoopClock
-from .config import ApplianceConfig, DriverConfig
+from .config import ApplianceConfig, ConfigError, DriverConfig
 from .explain.service import Explainer, for_controller
 from .hooks.events import MemorySink
 from .observe import Explain, MetricsServer, split_address
@@ -216,8 +216,8 @@ def _program() -> str:
 
 
 async def run(options: RunOptions, stop: asyncio.Event | None = None) -> int:
-    if not 1 <= options.appliances <= MAX_APPLIANCES:
-        raise StartError(
+    if not 1 <= options.appliances <= MAX_APPLIANCES:  # a usage mistake: exit status 2
+        raise ConfigError(
             f"--appliances {options.appliances}: expected 1..{MAX_APPLIANCES} simulated appliances"
         )
     state_dir = options.state_dir.resolve()

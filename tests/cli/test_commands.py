@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import pytest
 from rdscsi.csi import csi_pb2 as pb
 from rdscsi.csi import csi_pb2_grpc
 from rdscsi.sim import SimConfig, Simulator
+from rdscsi.sim.store import DEFAULT_POOL
 
 RDSCSI = [sys.executable, "-m", "rdscsi"]
 TIB = 1 << 40
@@ -202,6 +204,8 @@ def test_a_metrics_port_in_use_is_one_line(running: Running, tmp_path: Path) -> 
         (["--metrics-address", "9809"], "metrics_address: '9809' has no port; expected HOST:PORT"),
         (["--endpoint", "unix://relative.sock"], "endpoint: 'unix://relative.sock' is not an abs"),
         (["--endpoint", "unix:///{tmp}/nonexistent/x.sock"], "the directory /{tmp}/nonexistent"),
+        (["--appliances", "9"], "--appliances 9: expected 1..8 simulated appliances"),
+        (["--appliances", "0"], "--appliances 0: expected 1..8 simulated appliances"),
     ],
 )
 def test_bad_run_options_are_one_line(args: list[str], line: str, tmp_path: Path) -> None:
@@ -211,6 +215,80 @@ def test_bad_run_options_are_one_line(args: list[str], line: str, tmp_path: Path
     (printed,) = done.stderr.splitlines()
     assert printed.startswith("rdscsi run: ") and line.replace("/{tmp}", str(tmp_path)) in printed
     assert not (tmp_path / "nonexistent").exists()
+
+
+def test_run_with_several_appliances_runs_a_simulator_for_each(tmp_path: Path) -> None:
+    """`rdscsi run --appliances 3`: three simulators, each its own appliance with its own
+    connection; a class without `appliance` creates on the default (`sim`, ids of the old
+    form), the others by name, each disk on its own simulator's pool; capacity per
+    appliance; dropping one leaves the others connected."""
+    state = tmp_path / "s"
+    port = free_port()
+    proc = Proc(
+        [
+            "run",
+            "--state-dir",
+            str(state),
+            "--metrics-address",
+            f"127.0.0.1:{port}",
+            "--appliances",
+            "3",
+        ]
+    )
+    try:
+        proc.wait_for("Ctrl-C to stop")
+        proc.wait_for("connecting --succeeded--> connected", count=3)
+        out = proc.output
+        assert "appliance sim (the default appliance): simulator on 127.0.0.1:" in out
+        assert "appliance sim-2: simulator on" in out and "appliance sim-3: simulator on" in out
+        assert f"sim-fault --data-dir {state / 'sim-2'} drop` drops sim-2's alone" in out
+        slots = [f"pvc-00000000-0000-4000-8000-00000000003{i}" for i in range(3)]
+
+        async def go() -> tuple[list[str], dict[str, int]]:
+            async with grpc.aio.insecure_channel(f"unix://{state / 'csi.sock'}") as channel:
+                ctl = csi_pb2_grpc.ControllerStub(channel)
+                ids, free = [], {}
+                for slot, appliance in zip(slots, ("", "sim-2", "sim-3"), strict=True):
+                    req = _create(slot)
+                    if appliance:
+                        req.parameters["appliance"] = appliance
+                    ids.append((await ctl.CreateVolume(req)).volume.volume_id)
+                for name in ("sim", "sim-2", "sim-3"):
+                    got = await ctl.GetCapacity(
+                        pb.GetCapacityRequest(parameters={"appliance": name})
+                    )
+                    free[name] = got.available_capacity
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    req = _create("pvc-00000000-0000-4000-8000-000000000039")
+                    req.parameters["appliance"] = "sim-4"
+                    await ctl.CreateVolume(req)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "'sim-4' is not an appliance" in (err.value.details() or "")
+                return ids, free
+
+        ids, free = asyncio.run(go())
+        assert ids == [slots[0], f"sim-2:{slots[1]}", f"sim-3:{slots[2]}"]
+        assert all(f > 0 for f in free.values()) and len(free) == 3
+        # each disk is a file on its own simulator's pool
+        files = state / "sim" / "files"
+        for slot, pool in zip(slots, ("", "-2", "-3"), strict=True):
+            found = [p.relative_to(files).parts[0] for p in files.glob(f"*/**/{slot}.*")]
+            assert found == [f"{DEFAULT_POOL}{pool}"], (slot, found)
+        fault = ["sim-fault", "--data-dir", str(state / "sim-3")]
+        assert rdscsi(*fault, "refuse", "on").returncode == 0
+        assert rdscsi(*fault, "drop").returncode == 0
+        proc.wait_for("RDS sim-3: backoff: next attempt in")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            metrics = reply.read().decode()
+        for name, up in (("sim", 1), ("sim-2", 1), ("sim-3", 0)):
+            assert f'rds_csi_rds_connection_state{{appliance="{name}"}} {up}.0' in metrics
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as reply:
+            assert reply.read().decode().startswith("ok; not connected: appliance connection sim-3")
+        assert rdscsi(*fault, "refuse", "off").returncode == 0
+        proc.wait_for("connection sim-3: reconnecting --succeeded--> connected")
+    finally:
+        code = proc.stop(signal.SIGINT)
+    assert code == 0 and "Traceback" not in proc.output, proc.output
 
 
 def test_a_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
