@@ -13,7 +13,7 @@ A fleet: the same burst through one driver with two appliances (two simulator pr
 each with its own connection and channel cap), the creates alternating between them by the
 StorageClass parameter `appliance`. `fleet_throughput_vs_one` is its creates per second over
 the one-appliance burst's of the same run: each appliance brings its own channels, so it
-should be well above 1 (up to 2 when the driver's own CPU is not the limit).
+should be well above 1 (about 2 when neither the driver's CPU nor a noisy machine limits it).
 """
 
 from __future__ import annotations
