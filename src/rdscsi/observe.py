@@ -86,8 +86,7 @@ class Scoped:
 
 class MetricsServer:
     """`/metrics` (Prometheus text format), `/livez`, `/readyz` and `/healthz` (200 "ok",
-    or "ok; not connected: ..." naming the appliances of a fleet that are down while another
-    serves; else 503 and why)."""
+    else 503 and why)."""
 
     def __init__(
         self,
@@ -172,7 +171,7 @@ def _answer(check: Health) -> web.Response:
     except Exception as exc:  # a broken check is itself a failure
         ok, detail = False, f"check failed: {type(exc).__name__}: {exc}"
     if ok:
-        return web.Response(text=f"{detail or 'ok'}\n")
+        return web.Response(text="ok\n")
     return web.Response(status=503, text=f"{detail}\n")
 
 
