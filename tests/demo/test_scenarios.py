@@ -289,6 +289,54 @@ def test_ctrl_c_cleans_up(tmp_path: Path) -> None:
     assert left_behind(tmp_path / ".rdscsi") == []
 
 
+# A scenario whose step swallows the cancellation Ctrl-C sends, as Python 3.11's `wait_for`
+# does when its awaitable completes at that moment (the flake this replaced: exit 0 after
+# Ctrl-C under load). Stubbed cluster, own process: the signal must not reach pytest.
+SWALLOWED = """
+import asyncio, os, signal, sys
+from pathlib import Path
+import rdscsi.scenarios as sc
+
+class Stub:
+    def __init__(self, root, narrator, grace):
+        self.narrator = narrator
+    async def start(self): pass
+    async def events(self): pass
+    async def stop(self): print("cluster stopped", flush=True)
+
+async def swallowing(cluster, undo):
+    os.kill(os.getpid(), signal.SIGINT)
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        pass
+    print("step went on", flush=True)
+
+sc.Cluster = Stub
+sc._setting = lambda cluster, shown: None
+scenario = sc.Scenario("t", "t", swallowing)
+root = Path(sys.argv[1])
+try:
+    code = asyncio.run(sc._run(scenario, root, root, sc.Narrator(print), 1.0))
+except KeyboardInterrupt:
+    code = 130
+print("exit", code, flush=True)
+"""
+
+
+def test_an_interrupt_sticks_when_a_step_swallows_the_cancellation(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SWALLOWED, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out = done.stdout
+    assert "step went on" in out, out + done.stderr
+    assert "interrupted (Ctrl-C): cleaning up" in out, out + done.stderr
+    assert "cluster stopped" in out and out.rstrip().endswith("exit 130"), out + done.stderr
+
+
 @needs_node
 async def test_what_an_interrupted_run_left_is_cleared_first(tmp_path: Path) -> None:
     root = tmp_path / "scenarios" / "node-death"

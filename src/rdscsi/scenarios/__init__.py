@@ -11,12 +11,14 @@ runs in full and the node steps say they are not shown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..cli import SCENARIOS as TITLES  # the names and titles `rdscsi demo --help` lists
+from ..signals import STOP_SIGNALS, exit_now
 from . import appliance_restart, live_migration, node_death
 from .cluster import SYSTEM, Cluster, ScenarioDirError, wipe
 from .narrate import Narrator, Out, ScenarioFailed
@@ -86,29 +88,73 @@ async def _run(
     undo = Undo(narrator)
     ok = False
     narrator.para(f"\nSetting, all on this machine (under {shown}, with the log):")
-    try:
-        await cluster.start()
-        _setting(cluster, shown)
-        await cluster.events()
-        await scenario.run(cluster, undo)
-        ok = True
-    except ScenarioFailed:
-        pass
-    except asyncio.CancelledError:
-        narrator.para("\n· interrupted (Ctrl-C): cleaning up")
-        raise
-    except Exception as exc:
-        logging.getLogger("rdscsi.scenarios").exception("scenario failed")
-        narrator.fail(f"unexpected {type(exc).__name__}: {exc} (the log has the traceback)")
-    finally:
-        # In a task of its own: after Ctrl-C this one is being cancelled, and the parts'
-        # shutdowns rightly stop short inside a task that is.
-        cleaned = await asyncio.create_task(_clean_up(cluster, undo))
+    with _interruptible() as interrupted:
+        try:
+            await cluster.start()
+            _setting(cluster, shown)
+            await cluster.events()
+            await scenario.run(cluster, undo)
+            if interrupted:  # the cancellation was swallowed on its way (see _interruptible)
+                raise asyncio.CancelledError
+            ok = True
+        except ScenarioFailed:
+            pass
+        except asyncio.CancelledError:
+            narrator.para("\n· interrupted (Ctrl-C): cleaning up")
+            if not interrupted:  # not ours (the caller cancelled): clean up, then go on
+                raise
+        except Exception as exc:
+            logging.getLogger("rdscsi.scenarios").exception("scenario failed")
+            narrator.fail(f"unexpected {type(exc).__name__}: {exc} (the log has the traceback)")
+        finally:
+            # In a task of its own: after Ctrl-C this one is being cancelled, and the parts'
+            # shutdowns rightly stop short inside a task that is. A Ctrl-C during the cleanup
+            # asks for what is already happening: wait for it.
+            cleaning = asyncio.create_task(_clean_up(cluster, undo))
+            while not cleaning.done():
+                try:
+                    await asyncio.shield(cleaning)
+                except asyncio.CancelledError:
+                    if not interrupted:
+                        raise
+            cleaned = cleaning.result()
+    if interrupted:
+        raise KeyboardInterrupt  # `rdscsi demo: interrupted`, exit status 130
     if ok and cleaned:
         narrator.para(f"✓ done; the log of every transition and call: {shown / 'log'}")
     else:
         narrator.para(f"✗ the scenario failed; the log: {shown / 'log'}")
     return 0 if ok and cleaned else 1
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[list[int]]:
+    """Ctrl-C (or SIGTERM) while a scenario runs: noted, and the scenario's task cancelled;
+    the cleanup still runs, and another signal exits at once. asyncio's own handler cancels
+    once, and Python 3.11's `wait_for` swallows a cancellation that arrives as its awaitable
+    completes: the note makes the interruption stick whatever step it lands in."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    signalled: list[int] = []
+
+    def first(signum: int) -> None:
+        signalled.append(signum)
+        for other in STOP_SIGNALS:
+            loop.add_signal_handler(other, exit_now, "rdscsi demo", other)
+        if task is not None:
+            task.cancel()
+
+    try:
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, first, signum)
+    except (ValueError, RuntimeError):  # not the main thread: the caller's handlers stand
+        yield signalled
+        return
+    try:
+        yield signalled
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
 
 
 async def _clean_up(cluster: Cluster, undo: Undo) -> bool:
