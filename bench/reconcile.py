@@ -13,6 +13,13 @@ Prints one JSON object with --json:
   deleted node's attachments become clearable; the time from its death to the other
   replica having cleared them. Target: <= lease_duration_s + 1.
 - lease_duration_s: the Lease duration that run used.
+- pass_with_sessions_and_sweep_10k_ms: the leader's pass over 10,000 fenced attachments on
+  1,000 nodes, one node not ready (so the appliance's session listing, 10,000 sessions, is read
+  as evidence), and the appliance sweep: the inventory of 10,000 volume disks and files plus
+  snapshots and a few orphans, every allow-list checked against the cluster, every object's
+  claim looked up (median of 5); target <= 200 ms. Driver time only: the appliance's answers
+  are the simulator's own output for that state, rendered beforehand and handed back without
+  a round trip. `of_which_parse_ms`: parsing those answers.
 The API server is the project's own (rdscsi.testing.kubeapi): in its own process for the 10k
 figures (a real apiserver is another process too), in-process for the failover.
 """
@@ -266,10 +273,163 @@ async def measure_failover(lease: float = 2.0) -> dict[str, Any]:
     return {"failover_act_s": round(acted, 3), "lease_duration_s": lease}
 
 
+class Canned:
+    """The appliance's answers, rendered beforehand by the simulator: no round trip."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+        self.commands = 0
+        self.connects = 1  # one link, as the sweep's "after each new link" reads it
+        self.connected = True
+
+    async def run(self, command: Any) -> str:
+        self.commands += 1
+        return self.answers[command.line]
+
+
+def appliance_answers(volumes: int, nodes: int, host: Any) -> dict[str, str]:
+    """What the simulator prints for the sweep's and the listing's commands, for `volumes`
+    fenced volumes (files and sessions included), 100 snapshots and 10 half-made copies."""
+    from rdscsi.io.rds.commands import INVENTORY_DISK_PROPERTIES, CommandBuilder
+    from rdscsi.io.rds.fence import allow_list_value
+    from rdscsi.sim.render import render_terse, restrict
+    from rdscsi.sim.store import Disk, FileInfo, HostConnection
+    from rdscsi.sim.views import connection_item, disk_item, file_item
+
+    b = CommandBuilder("/storage-pool/")
+    vol_dir, snap_dir = "/storage-pool/k8s/vol/", "/storage-pool/k8s/snap/"
+    disks, snaps, files, sessions = [], [], [], []
+    for v in range(volumes):
+        slot = f"pvc-00000000-0000-4000-8000-{v:012d}"
+        path = f"{vol_dir}{slot}.AS.ext4.snw.img"
+        nqn = "nqn.2000-02.com.mikrotik:" + slot
+        allow = allow_list_value([host(f"node-{v % nodes:04d}")])
+        disks.append(Disk(slot, path, 1 << 30, True, 4420, nqn, allow))
+        files.append(FileInfo(path[1:], "file", 1 << 30, 1_750_000_000.0))
+        sessions.append(
+            HostConnection(v, slot, nqn, host(f"node-{v % nodes:04d}"), "10.0.0.1", 1, 4420)
+        )
+    for i in range(100):
+        slot = f"snap-{i:032x}"
+        path = f"{snap_dir}{slot}.OF.pvc-00000000-0000-4000-8000-{i:012d}.AT.1750000000000.img"
+        snaps.append(Disk(slot, path, 1 << 30))
+        files.append(FileInfo(path[1:], "file", 1 << 30, 1_750_000_000.0))
+    for i in range(10):
+        name = f"{vol_dir}pvc-00000000-0000-4000-9000-{i:012d}.FROM.volume.pvc-x.img"
+        files.append(FileInfo(name[1:], "file", 1 << 30, 1_750_000_000.0))
+    files.sort(key=lambda f: f.name)
+    keys = list(INVENTORY_DISK_PROPERTIES)
+
+    def terse(disks: list[Disk]) -> str:
+        return render_terse([restrict(disk_item(d), keys) for d in disks])
+
+    answers = {
+        b.disk_inventory("pvc-").line: terse(disks),
+        b.disk_inventory("vol-").line: terse([]),
+        b.disk_inventory("snap-").line: terse(snaps),
+        b.disk_inventory("q").line: terse([]),
+        b.file_inventory("/storage-pool/k8s/").line: render_terse(
+            [restrict(file_item(f, "iso"), ["name"]) for f in files]
+        ),
+        b.nvme_connections(terse=True).line: render_terse([connection_item(c) for c in sessions]),
+    }
+    return answers
+
+
+async def measure_sweep() -> dict[str, Any]:
+    """The leader's pass with the session listing and the sweep, driver time only."""
+    from rdscsi.appliances import Appliance, Appliances
+    from rdscsi.control.audit import ApplianceAudit
+    from rdscsi.control.evidence import SessionReader
+    from rdscsi.control.fence import Fencer
+    from rdscsi.control.nodes import NodeView
+    from rdscsi.control.orphans import Claims, OrphanSweep, SweepSettings
+    from rdscsi.csi.topology import Layout
+    from rdscsi.io.kube.attachments import AttachmentView, VolumeView
+    from rdscsi.io.rds.orphans import OrphanStore
+    from rdscsi.io.rds.parse import parse_disks, parse_entries, parse_nvme_connections
+    from rdscsi.io.rds.volumes import StoreSettings, VolumeStore
+
+    def host(node: str) -> str:
+        return f"nqn.2014-08.org.example:{node}"
+
+    clock, machines, nodes, record, deriver, _ = controller_parts(30.0)
+    for n in range(NODES_N):
+        name = f"node-{n:04d}"
+        nodes.observe(NodeView(name, ready=n != 7, host_nqn=host(name)))  # one not ready
+    nodes.synced = True
+    now = clock.wall()
+    handles = set()
+    for v in range(VOLUMES):
+        slot = f"pvc-00000000-0000-4000-8000-{v:012d}"
+        handles.add(slot)
+        record.volume_changed(slot, None, VolumeView(slot, slot, False))
+        view = AttachmentView(f"csi-{v:012d}", f"node-{v % NODES_N:04d}", slot, True, now - 60)
+        record.attachment_changed(view.name, None, view)
+    answers = appliance_answers(VOLUMES, NODES_N, host)
+    conn = Canned(answers)
+    store = VolumeStore(conn, StoreSettings(), clock.wall)  # type: ignore[arg-type]
+    passes = AttachmentPass(deriver, record, fencing=True)
+    # The default appliance of a fleet of one: ids are its slots.
+    appliance = Appliance("bench", conn, store, "", default=True, fence=True)  # type: ignore[arg-type]
+    fleet = Appliances(Layout("rds.csi", ("bench",), "bench"), [appliance])
+    fencer = Fencer(machines.attachment, nodes, clock, lambda vid: (store, vid))
+    reader = SessionReader(nodes, clock.monotonic)
+    sweep = OrphanSweep(
+        machines.orphan,
+        OrphanStore(store),
+        clock,
+        SweepSettings("report", 3600.0, 604800.0),
+        appliance.export_nqn,
+        "bench",
+    )
+    snapshots = frozenset(f"snap-{i:032x}" for i in range(100))
+
+    async def claims() -> Claims:
+        return Claims(frozenset(handles), snapshots)
+
+    audit = ApplianceAudit(
+        appliance, fleet, passes, deriver, record, lambda: None, claims, fencer, reader, sweep
+    )
+
+    async def one_pass() -> None:
+        sessions = await audit.sessions()
+        assert sessions is not None
+        passes.run(sessions)
+        report = await audit.after_pass(frozenset({"sweep"}))
+        assert report.sweep is not None and report.repairs is not None
+        assert not report.repairs, report.repairs  # every list already agrees
+
+    await one_pass()  # the first: models derived, the orphans reported
+    assert len(sweep.models) == 10, len(sweep.models)  # the half-made copies
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        await one_pass()
+        samples.append(time.perf_counter() - t0)
+    parse = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for line, text in answers.items():
+            if "connection" in line:
+                parse_nvme_connections(text)
+            elif line.startswith("/file"):
+                parse_entries(text)
+            else:
+                parse_disks(text)
+        parse.append(time.perf_counter() - t0)
+    return {
+        "pass_with_sessions_and_sweep_10k_ms": round(sorted(samples)[2] * 1000, 3),
+        "of_which_parse_ms": round(sorted(parse)[1] * 1000, 3),
+        "appliance_commands_per_pass": conn.commands // 6,
+    }
+
+
 async def measure() -> dict[str, Any]:
     figures = await measure_scale()
     figures["clear_after_grace_ms"] = round(await measure_clearing() * 1000, 3)
     figures.update(await measure_failover())
+    figures.update(await measure_sweep())
     return figures
 
 

@@ -7,6 +7,12 @@ Standalone (`rdscsi run`, or `serve --controller` without `--kubernetes`) the at
 record is local (a JSON file under `state_dir`), the nodes are the configured ones and the
 process always leads. In a cluster (`cluster.ClusterBinding`) the record and the nodes come
 from informers and the Lease decides who runs the reconciler.
+
+With `fence: allow-host` on an appliance the controller fences at it (`control.fence`) and
+takes session evidence from it (`control.evidence`); the leader also sweeps each appliance
+(`control.audit`: the fence's convergence and the orphan sweep), each in a task of its own,
+when it first connects, after each reconnect to it, when a new leader starts and every
+`sweep_interval`.
 """
 
 from __future__ import annotations
@@ -18,32 +24,41 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kubernetes.aio.client import ApiClient
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
-from .appliances import Appliance, Appliances
+from .appliances import Appliance, Appliances, Unresolved
 from .clock import Clock, TimerHandle
 from .config import ApplianceConfig, DriverConfig
+from .control.audit import ApplianceAudit, FleetAudit
 from .control.derive import Deriver, Timing
+from .control.evidence import SessionEvidence, SessionReader
+from .control.fence import Fencer
 from .control.leadership import Leadership
 from .control.nodes import NodeBook, NodeView
+from .control.orphans import Claims, OrphanSweep, SweepSettings, sweep_counter
 from .control.reconcile import AttachmentPass
 from .control.record import AttachmentRecord, ClusterRecord, LocalRecord
 from .control.triggers import Reconciler
 from .csi.attachments import AttachmentBook
 from .csi.controller import ControllerService, ControllerSettings
 from .csi.identity import IdentityService
+from .csi.locks import OperationLocks
 from .csi.node import NodeService, NodeSettings
 from .csi.server import CSIServer
 from .csi.topology import Layout
 from .hooks.events import EventSink, bind_metrics
 from .hooks.log import TransitionLogger
 from .hooks.wiring import Machines, build_machines
+from .io.host.identity import read_host_nqn
 from .io.host.loop import LoopTransport
 from .io.host.nvme import NvmeTransport
 from .io.host.transport import Transport
+from .io.kube.hostnqn import HostNQNReporter
 from .io.rds.commands import CommandBuilder
 from .io.rds.connection import CommandMetrics, RDSConfig, RDSConnection
 from .io.rds.errors import RDSError
+from .io.rds.orphans import OrphanStore
 from .io.rds.volumes import StoreSettings, VolumeStore
 
 log = logging.getLogger("rdscsi.app")
@@ -123,6 +138,8 @@ class ControllerApp:
     leadership: Leadership
     server: CSIServer
     clock: Clock
+    audit: FleetAudit
+    locks: OperationLocks
     pool: PoolRefresh | None = None
     # What else must hold for readiness (a cluster: every informer current) and liveness (a
     # cluster: no informer or elector task crashed).
@@ -130,6 +147,7 @@ class ControllerApp:
     live_checks: list[Health] = field(default_factory=list)
     _resync: TimerHandle | None = None
     _due: TimerHandle | None = None
+    _sweep: TimerHandle | None = None
 
     @property
     def rds(self) -> RDSConnection:
@@ -151,6 +169,7 @@ class ControllerApp:
         if self.server.node is not None:
             await self.server.node.cleanup_orphans()
         self._arm_resync()
+        self._arm_sweep()
         for appliance in self.appliances:
             await appliance.rds.start()  # returns at once; an unreachable one means backoff
         if lead:
@@ -170,6 +189,15 @@ class ControllerApp:
 
         self._resync = self.clock.call_later(self.config.resync_period, fire)
 
+    def _arm_sweep(self) -> None:
+        # The appliance sweep (fences, orphans): on every replica, like the resync; only a
+        # leader's reconciler runs (at start and after a reconnect too: their triggers).
+        def fire() -> None:
+            self.reconciler.trigger("sweep")
+            self._arm_sweep()
+
+        self._sweep = self.clock.call_later(self.config.sweep_interval, fire)
+
     def _arm_due(self) -> None:
         """Wake the reconciler when the next grace period or migration deadline ends."""
         if self._due is not None:
@@ -181,13 +209,14 @@ class ControllerApp:
             self._due = self.clock.call_later(delay, lambda: self.reconciler.trigger("deadline"))
 
     async def stop(self) -> None:
-        for timer in (self._resync, self._due):
+        for timer in (self._resync, self._due, self._sweep):
             if timer is not None:
                 timer.cancel()
         await self.server.stop()
         await self.leadership.lost(released=True)
         if self.pool is not None:
             await self.pool.stop()
+        await self.audit.stop()
         await asyncio.gather(*(a.rds.close() for a in self.appliances))
 
     # --- health ---------------------------------------------------------------------------
@@ -220,14 +249,30 @@ class ControllerApp:
 
     async def _reconcile(self, reasons: frozenset[str]) -> None:
         self.leadership.check()
-        outcome = self.passes.run()
+        # Each connected appliance's listing, side by side (a hung one is not waited for
+        # past `audit.wait_s`): evidence for that appliance's volumes only.
+        sessions = await self.audit.sessions()
+        outcome = self.passes.run(sessions)
         self._arm_due()
+        # The fence and sweep work, per appliance in its own task; the pass goes on without
+        # an appliance still busy after `audit.wait_s` (it finishes alone).
+        done = await self.audit.after_pass(reasons)
+        if done.fenced_out:
+            outcome["fenced_out"] += done.fenced_out
+        if done.restored:
+            outcome["orphans_restored"] += done.restored
         if self.pool is not None:
             # Each pass also refreshes every appliance's pool figures, so the dashboard sees
             # capacity even when no provisioner is asking: per appliance, in the background.
             self.pool.start()
         if outcome:
             log.info("reconcile (%s): %s", ", ".join(sorted(reasons)), dict(outcome))
+
+    def forget_led(self) -> None:
+        """Leadership lost: the kept attachment models and orphan machines go (and their
+        gauges); the next leader derives them again."""
+        self.passes.clear()
+        self.audit.clear()
 
     def summary(self) -> tuple[str, list[str]]:
         """What a new leader starts from (the StartupReconciliation event)."""
@@ -256,7 +301,19 @@ def node_transports(config: DriverConfig) -> dict[str, Transport]:
     prefixes = sorted({a.nqn_prefix for a in config.fleet})
     transports: dict[str, Transport] = {"nvme-tcp": NvmeTransport(prefixes)}
     if config.loop_root:
-        transports["loop"] = LoopTransport(Path(config.loop_root))
+        admission = None
+        if config.loop_control:
+            from .sim.admission import SimAdmission  # the simulator's side: only for loop
+
+            nqn = read_host_nqn(Path(config.host_nqn_file))
+            if nqn is None:
+                raise ValueError(
+                    f"host_nqn_file: {config.host_nqn_file} holds no host NQN; the loop "
+                    "transport asks the simulator to admit this host by it"
+                )
+            sockets = [Path(p) for p in config.loop_control.split(",") if p]
+            admission = SimAdmission(sockets, nqn)
+        transports["loop"] = LoopTransport(Path(config.loop_root), admission=admission)
     return transports
 
 
@@ -281,24 +338,34 @@ def build_node_service(
 
 @dataclass
 class NodeApp:
-    """`serve --node` alone: Identity and Node, no appliance connection."""
+    """`serve --node` alone: Identity and Node, no appliance connection. In a cluster it also
+    reports this host's NVMe host NQN on its Node (`io.kube.hostnqn`): the controller's fence."""
 
     config: DriverConfig
     machines: Machines
     node: NodeService
     server: CSIServer
+    host_nqn: str | None = None
+    reporter: HostNQNReporter | None = None
 
     async def start(self) -> None:
         await self.node.cleanup_orphans()
+        if self.reporter is not None:
+            self.reporter.start()
         await self.server.start()
 
     async def stop(self) -> None:
         await self.server.stop()
+        if self.reporter is not None:
+            await self.reporter.stop()
 
     def ready(self) -> tuple[bool, str]:
         return True, "ok"
 
     def alive(self) -> tuple[bool, str]:
+        task = self.reporter.task if self.reporter is not None else None
+        if task is not None and task.done() and not task.cancelled() and task.exception():
+            return False, f"host NQN reporter crashed: {task.exception()!r}"
         return True, "ok"
 
 
@@ -308,8 +375,10 @@ def build_node(
     sink: EventSink,
     registry: CollectorRegistry = REGISTRY,
     listeners: Iterable[object] = (),
+    api: ApiClient | None = None,
 ) -> NodeApp:
-    """`listeners`: more transition listeners beside the log (e.g. `rdscsi demo`'s narrator)."""
+    """`listeners`: more transition listeners beside the log (e.g. `rdscsi demo`'s narrator).
+    With `api` (a cluster) the node's host NQN is reported on its Node."""
     bind_metrics(sink, registry)
     machines = build_machines(
         clock,
@@ -320,11 +389,27 @@ def build_node(
     )
     node = build_node_service(config, machines, sink)
     identity = IdentityService(config.name, False, lambda: True)
+    host_nqn = read_host_nqn(Path(config.host_nqn_file))
+    reporter = None
+    if api is not None:
+        if host_nqn is None:
+            log.error(
+                "%s holds no NVMe host NQN (node-init writes it): the controller refuses to "
+                "publish volumes to node %s until it is reported",
+                config.host_nqn_file,
+                config.node_id,
+            )
+        else:
+            reporter = HostNQNReporter(
+                api, config.node_id, config.name, host_nqn, clock, config.resync_period
+            )
     return NodeApp(
         config,
         machines,
         node,
         CSIServer(config.socket_path, identity, node=node, registry=registry),
+        host_nqn,
+        reporter,
     )
 
 
@@ -360,6 +445,11 @@ def build_controller(
         [build_appliance(config, a, machines, clock, rng, command_metrics) for a in config.fleet],
     )
 
+    # The fence's and sweep's series carry each volume's appliance, like the fleet's others.
+    machines.metrics.appliance_of = lambda vid: appliances.appliance_of(vid) or "unknown"
+    for appliance in appliances:
+        machines.metrics.preset(appliance.name)
+
     def changed(volume_id: str) -> None:
         reconciler.trigger("attachment")
 
@@ -372,9 +462,12 @@ def build_controller(
     directory = NodeBook(machines.node, clock)
     if config.known_nodes and not config.kubernetes:
         # Standalone: an in-memory view of the configured nodes feeds the same machines the
-        # Kubernetes informer feeds in a cluster.
-        for name in config.known_nodes:
-            directory.observe(NodeView(name, ready=True))
+        # Kubernetes informer feeds in a cluster (their host NQNs too: the configured ones,
+        # or this host's for the Node service in this process).
+        for name, nqn in config.known_host_nqns().items():
+            if nqn is None and config.node and name == config.node_id:
+                nqn = read_host_nqn(Path(config.host_nqn_file))
+            directory.observe(NodeView(name, ready=True, host_nqn=nqn))
         directory.synced = True
     deriver = Deriver(
         machines.attachment,
@@ -382,8 +475,46 @@ def build_controller(
         clock,
         Timing(grace_s=config.grace_period, migration_s=config.migration_timeout),
     )
-    attachments = AttachmentBook(deriver, record)
-    passes = AttachmentPass(deriver, record)
+
+    # The fence is each appliance's own setting (`fence:` in its section): one Fencer for
+    # the fleet, writing each volume's allow-list on its own appliance by its slot.
+    fencing = any(a.fence for a in appliances)
+
+    def locate(volume_id: str) -> tuple[VolumeStore, str]:
+        where = appliances.locate(volume_id)
+        return where.appliance.store, where.slot
+
+    fencer = Fencer(machines.attachment, directory, clock, locate) if fencing else None
+    reader = SessionReader(directory, clock.monotonic, registry) if fencing else None
+
+    async def sessions(volume_id: str) -> SessionEvidence | None:
+        # A ControllerPublish meeting a lost holder: a listing of this volume's appliance.
+        try:
+            where = appliances.locate(volume_id)
+        except Unresolved:
+            return None
+        appliance = where.appliance
+        if reader is None or not appliance.fence or not appliance.rds.connected:
+            return None
+        return await reader.read(
+            appliance.store,
+            appliance.name,
+            appliance.export_nqn,
+            lambda vid: appliances.slot_on(appliance, vid),
+        )
+
+    attachments = AttachmentBook(
+        deriver, record, fencer=fencer, sessions=sessions if fencing else None
+    )
+    passes = AttachmentPass(deriver, record, fencing=fencing)
+    locks = OperationLocks()
+
+    async def standalone_claims() -> Claims:
+        # No PVs or VolumeSnapshotContents standalone: only operations in flight are known.
+        return Claims(None, None, locks.keys())
+
+    settings = SweepSettings(config.orphans, config.orphan_min_age, config.orphan_retention)
+    sweeps = sweep_counter(registry)
     leadership = Leadership(
         reconciler,
         sink,
@@ -391,7 +522,7 @@ def build_controller(
         identity,
         lambda: True,
         lambda: holder[0].summary(),
-        on_lost=passes.clear,
+        on_lost=lambda: holder[0].forget_led(),
         registry=registry,
     )
     identity_service = IdentityService(config.name, True, appliances.ready)
@@ -401,7 +532,35 @@ def build_controller(
         appliances,
         attachments,
         directory,
+        locks=locks,
         on_pool=gauge.record,
+    )
+    audit = FleetAudit(
+        appliances,
+        [
+            ApplianceAudit(
+                appliance,
+                appliances,
+                passes,
+                deriver,
+                record,
+                leadership.check,
+                standalone_claims,  # the cluster binding sets the cluster's
+                fencer=fencer,
+                reader=reader,
+                sweep=OrphanSweep(
+                    machines.orphan,
+                    OrphanStore(appliance.store),
+                    clock,
+                    settings,
+                    appliance.export_nqn,
+                    appliance.name,
+                    counter=sweeps,
+                ),
+            )
+            for appliance in appliances
+        ],
+        reconciler.trigger,
     )
     node = build_node_service(config, machines, sink) if config.node else None
     app = ControllerApp(
@@ -416,6 +575,8 @@ def build_controller(
         leadership,
         CSIServer(config.socket_path, identity_service, controller, node, registry=registry),
         clock,
+        audit,
+        locks,
         PoolRefresh(appliances, gauge, leadership.check),
     )
     holder.append(app)
@@ -472,4 +633,6 @@ def build_appliance(
         store,
         cfg.nvme_address or cfg.address,
         default=cfg.name == config.default_appliance,
+        fence=cfg.fence == "allow-host",
+        nqn_prefix=cfg.nqn_prefix,
     )

@@ -26,6 +26,12 @@ class Appliance:
     store: VolumeStore
     nvme_address: str  # where nodes connect to its exports
     default: bool = False  # ids of the single-appliance form are its
+    fence: bool = False  # its `fence: allow-host`: allow-lists, session evidence (docs/fencing.md)
+    nqn_prefix: str = "nqn.2000-02.com.mikrotik:"  # export NQN = prefix + slot
+
+    def export_nqn(self, slot: str) -> str:
+        """The NQN of the export of the volume in `slot` on this appliance."""
+        return self.nqn_prefix + slot
 
     def id_of(self, slot: str) -> str:
         """The CSI id of the volume or snapshot in `slot` on this appliance."""
@@ -102,6 +108,15 @@ class Appliances:
                 maybe_ours=True,
             )
         return Located(found, slot)
+
+    def slot_on(self, appliance: Appliance, ident: str) -> str | None:
+        """The slot of `ident` if it is on `appliance`; None if it is on another one (or on
+        none of this fleet)."""
+        try:
+            where = self.locate(ident)
+        except Unresolved:
+            return None
+        return where.slot if where.appliance is appliance else None
 
     def appliance_of(self, ident: str) -> str:
         """The name of the appliance an id is on; '' when it names none of this fleet."""

@@ -10,6 +10,8 @@
   being current for longer than `sync_timeout` releases the Lease and campaigns again only
   when current, after a growing delay (never a tight loop).
 - Cluster events go to events.k8s.io/v1 through `KubeEventSink`.
+- The orphan sweep's claimants: the PVs of the informer's view, this driver's
+  VolumeSnapshotContents (listed per sweep) and the operations in flight on this replica.
 Standalone mode (`rdscsi run`) uses none of this: the same machines are fed from the local
 record and the configured nodes, and the process always leads.
 """
@@ -30,13 +32,15 @@ from .app import ControllerApp
 from .clock import Clock
 from .config import DriverConfig
 from .control.nodes import NodeView
+from .control.orphans import Claims
 from .control.record import ClusterRecord
 from .hooks.events import EventSink
 from .io.kube.attachments import attachments_resource, volumes_resource
 from .io.kube.informer import Informer, InformerMetrics
 from .io.kube.lease import LeaderElector, lease_name
-from .io.kube.nodes import NODES
+from .io.kube.nodes import nodes_resource
 from .io.kube.ratelimit import Backoff
+from .io.kube.snapshots import snapshot_handles
 
 log = logging.getLogger("rdscsi.cluster")
 
@@ -76,7 +80,7 @@ class ClusterBinding:
         options = dict(informer_options or {})
         self.nodes_informer = Informer(
             api,
-            NODES,
+            nodes_resource(config.name),
             clock,
             self._node,
             metrics=metrics,
@@ -128,6 +132,15 @@ class ClusterBinding:
         app.leadership.lease_held = lambda: self.elector.is_leader
         app.ready_checks.append(self._current_check)
         app.live_checks.append(self.alive)
+        app.audit.claims = self.claims
+
+    async def claims(self) -> Claims:
+        """Who accounts for which volume and snapshot ids, for the orphan sweep."""
+        record = self.record
+        volumes = frozenset(v.handle for v in record.volumes.values()) if self.current() else None
+        snapshots = await snapshot_handles(self.api, self.app.config.name)
+        busy = self.app.locks.keys() | record.in_flight()
+        return Claims(volumes, snapshots, frozenset(busy))
 
     # --- views in ---------------------------------------------------------------------------
 

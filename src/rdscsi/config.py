@@ -30,6 +30,7 @@ import cattrs
 import yaml
 
 from .csi.naming import APPLIANCE_NAME, APPLIANCE_NAME_MAX
+from .machines.orphan import DEFAULT_MIN_AGE_S, DEFAULT_RETENTION_S
 from .sshkeys import KeyLineError, known_hosts_keys, pinned_keys
 
 ENV_PREFIX = "RDSCSI_"
@@ -98,6 +99,7 @@ class ApplianceConfig:
     health_timeout: float = attrs.field(default=5.0, validator=_positive)  # seconds one health command may take
     keepalive_interval: float = attrs.field(default=3.0, validator=_positive)  # seconds without a byte from the appliance before an SSH keepalive is sent
     keepalive_count: int = attrs.field(default=2, validator=_positive)  # unanswered SSH keepalives (count) before the link counts as lost: silence is found within (count + 1) x interval seconds
+    fence: Literal["allow-host", "none"] = "allow-host"  # who may connect to a volume's export: allow-host (the host NQNs of the nodes holding it, on the disk's allow-list) or none (any host); docs/fencing.md
     # fmt: on
 
 
@@ -119,18 +121,24 @@ class DriverConfig:
     grace_period: float = attrs.field(default=30.0, validator=_positive)  # seconds a stale attachment waits, with evidence, before it is cleared
     migration_timeout: float = attrs.field(default=300.0, validator=_positive)  # seconds a live migration may hold two nodes
     resync_period: float = attrs.field(default=300.0, validator=_positive)  # seconds between full reconcile passes (backs up the triggers)
-    kubernetes: bool = False  # feed nodes, attachments, events and leadership from the cluster
+    kubernetes: bool = False  # controller: feed nodes, attachments, events and leadership from the cluster; node: report its host NQN on its Node
     kubeconfig: str = ""  # kubeconfig file; empty: in-cluster service account, else $KUBECONFIG/~/.kube/config
     lease_namespace: str = ""  # empty: the pod's namespace (POD_NAMESPACE), else kube-system
     lease_duration: float = attrs.field(default=15.0, validator=_positive)  # seconds a Lease is valid without renewal
     renew_deadline: float = attrs.field(default=10.0, validator=_positive)  # seconds without a renewal before the leader steps down
     retry_period: float = attrs.field(default=2.0, validator=_positive)  # seconds between Lease attempts
-    known_nodes: list[str] = attrs.Factory(list)  # standalone: nodes that may attach
+    known_nodes: list[str] = attrs.Factory(list)  # standalone: nodes that may attach, `name` or `name=host-nqn` (the host NQN is what fence: allow-host lets connect)
     state_dir: str = ""  # standalone: directory where attachments are kept across restarts (created at start)
     node_state_dir: str = "/var/lib/rdscsi"  # node: directory of per-volume records, how to reach devices (created at start)
     kubelet_dir: str = "/var/lib/kubelet"  # node: kubelet's root directory; every staging and target path must lie inside it
     loop_root: str = ""  # transport "loop": the simulator's files directory
     max_volumes_per_node: int = attrs.field(default=0, validator=_not_negative)  # volumes per node reported by NodeGetInfo (count); 0: no limit
+    host_nqn_file: str = "/etc/nvme/hostnqn"  # node: the file holding this host's NVMe host NQN (node-init writes it), reported on its Node for the fence
+    loop_control: str = ""  # transport "loop": the simulators' control sockets (comma-separated), asked in turn to admit each connect by the disk's allow-list; empty: nobody is asked
+    orphans: Literal["report", "quarantine", "delete"] = "report"  # the driver's unclaimed objects on each appliance (one policy for the fleet): report them, quarantine them (renamed, export off), or delete them after the quarantine; docs/fencing.md
+    orphan_min_age: float = attrs.field(default=DEFAULT_MIN_AGE_S, validator=_positive)  # seconds an object must be seen unclaimed before it is quarantined
+    orphan_retention: float = attrs.field(default=DEFAULT_RETENTION_S, validator=_positive)  # seconds a quarantined object is kept before `orphans: delete` deletes it
+    sweep_interval: float = attrs.field(default=900.0, validator=_positive)  # seconds between sweeps of each appliance (orphans, fences), besides one when it first connects, after each reconnect to it and when a new leader starts
     # fmt: on
 
     def validate(self) -> DriverConfig:
@@ -160,6 +168,7 @@ class DriverConfig:
             check(bool(self.node_id), refuse("node_id", "", "", "this node's name"))
         if self.node and self.transport == "loop":
             check(bool(self.loop_root), refuse("loop_root", "", "", "the simulator's files"))
+        problems.extend(_known_node_problems(self.known_nodes))
         problems.extend(endpoint_problems(self.endpoint))
         problems.extend(_listen_problems("metrics_address", self.metrics_address))
         for key, given in self.appliances.items():
@@ -277,6 +286,14 @@ class DriverConfig:
     def socket_path(self) -> Path:
         return Path(self.endpoint.removeprefix("unix://"))
 
+    def known_host_nqns(self) -> dict[str, str | None]:
+        """Standalone nodes and their host NQNs (None: not given)."""
+        out: dict[str, str | None] = {}
+        for entry in self.known_nodes:
+            name, sep, nqn = entry.partition("=")
+            out[name.strip()] = nqn.strip() if sep else None
+        return out
+
 
 def _name_problems(section: str, name: str) -> list[str]:
     field = "rds.name" if section == "rds" else section
@@ -330,6 +347,30 @@ def _appliance_problems(
 
 def _excerpt(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _known_node_problems(entries: list[str]) -> list[str]:
+    from .io.rds.commands import validate_host_nqn
+    from .io.rds.errors import InvalidValueError
+
+    expected = "`name` or `name=nqn.YYYY-MM.domain:suffix`"
+    problems = []
+    for index, entry in enumerate(entries):
+        name, sep, nqn = entry.partition("=")
+        if not name.strip():
+            problems.append(str(refuse(f"known_nodes[{index}]", entry, "names no node", expected)))
+        elif sep:
+            try:
+                validate_host_nqn(nqn.strip())
+            except InvalidValueError as exc:
+                problems.append(
+                    str(
+                        refuse(
+                            f"known_nodes[{index}]", entry, f"has a bad host NQN ({exc})", expected
+                        )
+                    )
+                )
+    return problems
 
 
 def endpoint_problems(endpoint: str) -> list[str]:

@@ -5,9 +5,12 @@ fleet: `sim`, the default appliance, then `sim-2`…), then the CSI Identity and
 services on a unix socket, and the Node service too when this host allows it (root and loop
 devices): the controller reaches the simulator over real SSH through the Connection machine,
 and the node attaches the simulator's backing files as loop devices, so staging formats and
-mounts real filesystems. It serves Prometheus metrics and logs every transition and cluster
-event, until SIGINT or SIGTERM. While it runs, `rdscsi demo` drives a volume through its life,
-and `rdscsi sim-fault drop` shows a reconnect.
+mounts real filesystems. It fences at the appliance (`rds.fence: allow-host`): this host has
+an NVMe host NQN of its own (made once under `<state-dir>/host`, as `rdscsi node-init` makes
+one on a node), each publish puts it on the disk's allow-list, and the loop transport asks
+the simulator to admit each connect by that list. It serves Prometheus metrics and logs every
+transition and cluster event, until SIGINT or SIGTERM. While it runs, `rdscsi demo` drives a
+volume through its life, and `rdscsi sim-fault drop` shows a reconnect.
 
 The state directory is locked while a run uses it: a second run on it is refused at once.
 """
@@ -35,6 +38,7 @@ from .clock import LoopClock
 from .config import ApplianceConfig, ConfigError, DriverConfig
 from .explain.service import Explainer, for_controller
 from .hooks.events import MemorySink
+from .io.host.identity import ensure_identity, nvme_dir
 from .observe import Explain, MetricsServer, split_address
 from .signals import until_stopped
 from .sim import SimConfig, Simulator
@@ -47,6 +51,7 @@ log = logging.getLogger("rdscsi.run")
 DEFAULT_STATE_DIR = Path(".rdscsi")
 SOCKET_NAME = "csi.sock"
 LOCK_NAME = "run.lock"
+HOST_DIR = "host"  # this host's NVMe identity for the run: <state-dir>/host/etc/nvme
 # What staging a volume on a loop device runs (the ext4 path of `rdscsi demo`).
 NODE_PROGRAMS = ("losetup", "blkid", "mount", "umount", "mkfs.ext4")
 
@@ -148,7 +153,9 @@ def _config(
     node: bool,
     rds: ApplianceConfig,
     loop_root: Path,
+    host_nqn: str,
     others: dict[str, ApplianceConfig] | None = None,
+    controls: list[Path] | None = None,
 ) -> DriverConfig:
     node_id = options.node_id or socket.gethostname()
     return DriverConfig(
@@ -160,11 +167,15 @@ def _config(
         rds=rds,
         appliances=others or {},
         transport="loop",
-        known_nodes=[node_id],
+        known_nodes=[f"{node_id}={host_nqn}"],
         state_dir=str(state_dir),
         node_state_dir=str(state_dir / "node"),
         kubelet_dir=str(kubelet_dir(options, state_dir)),
         loop_root=str(loop_root),
+        host_nqn_file=str(nvme_dir(state_dir / HOST_DIR) / "hostnqn"),
+        # The simulators' control sockets: the loop transport asks each in turn to admit a
+        # connect, the one holding the export answers (by its disk's allow-list).
+        loop_control=",".join(str(c) for c in controls or [loop_root.parent / CONTROL_SOCKET]),
     ).validate()
 
 
@@ -245,8 +256,9 @@ async def _run(
     if node:
         kubelet_dir(options, state_dir).mkdir(parents=True, exist_ok=True)
     # The options first, before anything starts (the appliance is not known yet).
+    host_nqn = ensure_identity(state_dir / HOST_DIR).hostnqn
     placeholder = ApplianceConfig(address="127.0.0.1", insecure_skip_host_key_check=True)
-    _config(options, state_dir, node, placeholder, sim_dir).prepare()
+    _config(options, state_dir, node, placeholder, sim_dir, host_nqn).prepare()
     apps: list[ControllerApp] = []
 
     explainers: list[Explainer] = []
@@ -301,7 +313,10 @@ async def _run(
         for name, _, sim in sims
     ]
     others = {a.name: a for a in fleet[1:]}
-    config = _config(options, state_dir, node, fleet[0], files_root, others).prepare()
+    controls = [data_dir / CONTROL_SOCKET for _, data_dir, _ in sims]  # each asked in turn
+    config = _config(
+        options, state_dir, node, fleet[0], files_root, host_nqn, others, controls
+    ).prepare()
     node_id = config.node_id
     app = build_controller(config, LoopClock(), MemorySink(log_events=True), REGISTRY)
     apps.append(app)

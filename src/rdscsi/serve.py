@@ -27,7 +27,9 @@ if TYPE_CHECKING:  # the cluster's modules load only for a controller in a clust
 log = logging.getLogger("rdscsi.serve")
 
 # Exported once per cluster, by the reconciler leader (followers leave them out).
-CLUSTER_SCOPED = frozenset({"rds_csi_attachment_state", "rds_csi_node_state", "rds_csi_pool_bytes"})
+CLUSTER_SCOPED = frozenset(
+    {"rds_csi_attachment_state", "rds_csi_node_state", "rds_csi_orphan_state", "rds_csi_pool_bytes"}
+)
 
 
 async def _metrics(
@@ -55,6 +57,8 @@ async def serve(config: DriverConfig) -> int:
     clock = LoopClock()
     if config.controller and config.kubernetes:
         return await _serve_in_cluster(config, clock)
+    if config.node and config.kubernetes:
+        return await _serve_node_in_cluster(config, clock)
     # Without a cluster, events go to the log.
     sink = MemorySink(log_events=True)
     app: ControllerApp | NodeApp
@@ -158,4 +162,34 @@ async def _serve_in_cluster(config: DriverConfig, clock: LoopClock) -> int:
         await until_stopped()
     finally:
         await replica.stop()
+    return 0
+
+
+async def _serve_node_in_cluster(config: DriverConfig, clock: LoopClock) -> int:
+    """The node plugin in a cluster: Identity and Node, and its host NQN reported on its Node
+    (the controller fences with it)."""
+    from .io.kube.client import api_client
+
+    api = await api_client(config.kubeconfig or None)
+    app = build_node(config, clock, MemorySink(log_events=True), REGISTRY, api=api)
+    metrics = await _metrics(config, app)
+    try:
+        await app.start()
+    except BaseException:
+        await api.close()  # type: ignore[no-untyped-call]
+        if metrics is not None:
+            await metrics.stop()
+        raise
+    print(
+        f"rdscsi serve: {config.name} node {config.node_id} on {config.endpoint}; host NQN "
+        f"{app.host_nqn or '(none: ' + config.host_nqn_file + ' is missing)'} reported on its Node",
+        flush=True,
+    )
+    try:
+        await until_stopped()
+    finally:
+        await app.stop()
+        await api.close()  # type: ignore[no-untyped-call]
+        if metrics is not None:
+            await metrics.stop()
     return 0

@@ -94,7 +94,9 @@ def test_a_published_volume_explained(running: Running) -> None:
     assert body["model"]["node"] == "local" and body["model"]["peer"] is None
     assert body["next"]["status"] == "at rest"
     assert body["next"]["summary"] == "attached to node local; nothing is pending"
-    [publish] = body["history"]
+    publish, fenced = body["history"]  # the holder's host goes on the allow-list after
+    assert fenced["transition"] == "attached --fence [admissible]--> attached"
+    assert fenced["reason"].startswith("ControllerPublishVolume for node local: its host nqn.")
     assert publish["transition"] == "detached --publish--> attached"
     assert publish["reason"] == "ControllerPublishVolume for node local"
     assert publish["hooks"] == ["VolumeAttached"]
@@ -113,6 +115,15 @@ def test_a_published_volume_explained(running: Running) -> None:
     assert appliance["disk"]["slot"] == vid and appliance["disk"]["size_bytes"] == 1 << 30
     assert appliance["disk"]["kind"] == "ext4.snw"
     assert appliance["export"]["nqn"].endswith(vid) and appliance["export"]["port"] == 4420
+    # rds.fence allow-host (run's setting): only the holder's host may connect; not staged,
+    # so no session yet
+    fence = appliance["fence"]
+    assert fence["setting"] == "allow-host"
+    assert fence["allow_list"].startswith("nqn.") and "," not in fence["allow_list"]
+    assert appliance["sessions"] == []
+    whole = explain(running, "appliance", "sim", "--json")["appliance"]
+    assert whole["fence"] == "allow-host" and whole["sessions"] == "0 NVMe/TCP session(s) listed"
+    assert whole["orphan_sweep"]["mode"] == "report" and isinstance(whole["orphans"], list)
 
     # the same as a user reads it, and as Markdown
     text = explain(running, vid)  # the kind is found
@@ -120,6 +131,7 @@ def test_a_published_volume_explained(running: Running) -> None:
     assert "next: attached to node local; nothing is pending" in text
     assert "publish      detached → attached  ControllerPublishVolume for node local" in text
     assert "  ▶ attached" in text
+    assert f"  fence: setting=allow-host, allow_list={fence['allow_list']}\n" in text
     markdown = explain(running, f"pv/{PVC}", "--mermaid")  # standalone: the PV's name
     assert "```mermaid\nstateDiagram-v2\n    [*] --> detached\n" in markdown
     assert "    class attached current\n```" in markdown

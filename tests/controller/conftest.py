@@ -23,6 +23,11 @@ from rdscsi.sim import SimConfig, Simulator
 NODES = ["node-a", "node-b", "node-c"]
 
 
+def host_nqn(node: str) -> str:
+    """The host NQN each test node reports (what the fence puts on allow-lists)."""
+    return f"nqn.2014-08.org.example:host-{node}"
+
+
 @dataclass
 class Cluster:
     sim: Simulator
@@ -68,7 +73,7 @@ async def cluster(tmp_path: Path, client_key: asyncssh.SSHKey) -> AsyncIterator[
             host_keys=[sim.host_key],
             name="sim-1",
         ),
-        known_nodes=NODES,
+        known_nodes=[f"{n}={host_nqn(n)}" for n in NODES],
     ).validate()
     clock, sink, registry = ManualClock(), MemorySink(), CollectorRegistry()
     app = build_controller(config, clock, sink, registry)

@@ -10,7 +10,7 @@ import pytest
 from rdscsi.csi import csi_pb2 as pb
 from rdscsi.csi.naming import snapshot_id
 
-from .conftest import Cluster, block_cap, mount_cap
+from .conftest import Cluster, block_cap, host_nqn, mount_cap
 
 GIB = 1 << 30
 PVC = "pvc-0a1b2c3d-0000-4000-8000-000000000001"
@@ -312,7 +312,9 @@ async def test_migration_deadline_falls_back_to_source(cluster: Cluster) -> None
     cluster.clock.advance(cluster.app.config.migration_timeout)
     await cluster.app.reconciler.wait_idle()
     assert cluster.app.attachments.nodes(PVC) == ("node-a",)
-    assert cluster.sink.reasons()[-1] == "MigrationFailed"
+    # the target is let go, then taken off the disk's allow-list (rds.fence allow-host)
+    assert cluster.sink.reasons()[-2:] == ["MigrationFailed", "NodeFenced"]
+    assert cluster.sim.store.disks[PVC].nvme_tcp_server_allow_host_name == host_nqn("node-a")
     expired = cluster.registry.get_sample_value(
         "rds_csi_attachment_reconcile_total", {"action": "expire_migration"}
     )

@@ -126,6 +126,7 @@ async def test_node_death(tmp_path: Path) -> None:
         transitions(text),
         [
             ("controller", "attachment", "detached", "publish", "attached"),
+            ("controller", "attachment", "attached", "fence", "attached"),  # node-a's host on
             ("node-a", "node_volume", "unstaged", "stage", "staged"),
             ("node-a", "node_volume", "staged", "publish", "published"),
             ("controller", "node", "ready", "became_not_ready", "not_ready"),
@@ -133,7 +134,9 @@ async def test_node_death(tmp_path: Path) -> None:
             ("controller", "attachment", "stale", "publish", "stale"),  # node-b refused
             ("controller", "node", "not_ready", "taint_out_of_service", "not_ready"),
             ("controller", "attachment", "stale", "reconcile", "detached"),
+            ("controller", "attachment", "detached", "fence_out", "detached"),  # node-a's off
             ("controller", "attachment", "detached", "publish", "attached"),  # node-b
+            ("controller", "attachment", "attached", "fence", "attached"),  # only then node-b's
             ("node-b", "node_volume", "unstaged", "stage", "staged"),
             ("node-b", "node_volume", "staged", "publish", "published"),
         ],
@@ -149,6 +152,11 @@ async def test_node_death(tmp_path: Path) -> None:
     for claim in (
         "✓ data verified: the pod on node-b reads the",
         "✓ ControllerGetVolume: published on node-b",
+        "detached --fence_out--> detached [host of node-a] (NodeFenced)",
+        "✓ fenced: node-a's host taken off the disk's allow-list (NodeFenced)",
+        "✓ node-a's host asks the appliance to connect, as at `nvme connect`: failure: host nqn.",
+        "is not allowed to connect to nqn.2000-02.com.mikrotik:pvc-",
+        "✓ the disk's allow-list: node-b's host alone, put on after node-a's came off",
         "event Warning StaleAttachmentCleared on PersistentVolumeClaim demo/data",
         "grace period 2 s for this demo",
         "✓ what the driver says it waits for, `rdscsi explain pvc demo/data`: │ volume pvc-",

@@ -345,6 +345,26 @@ def test_the_driver_cluster_role_is_exactly_rbac_controller(objects: list[Obj]) 
     assert role_binding["subjects"] == binding["subjects"]
 
 
+def test_the_node_cluster_role_is_exactly_rbac_node(objects: list[Obj]) -> None:
+    assert _rules_as_map(one(objects, "ClusterRole", "rdscsi-node")) == rbac.NODE
+    binding = one(objects, "ClusterRoleBinding", "rdscsi-node")
+    assert binding["roleRef"]["name"] == "rdscsi-node"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "rdscsi-node", "namespace": NAMESPACE}
+    ]
+    # the token reaches the driver container only, and it reports its host NQN
+    spec = pod_spec(objects, "DaemonSet", "rdscsi-node")
+    assert spec["automountServiceAccountToken"] is False
+    token_mount = "/var/run/secrets/kubernetes.io/serviceaccount"
+    mounted = [
+        c["name"]
+        for c in [*spec["initContainers"], *spec["containers"]]
+        if any(m["mountPath"] == token_mount for m in c.get("volumeMounts", []))
+    ]
+    assert mounted == ["rdscsi"]
+    assert "--kubernetes" in container(spec, "rdscsi")["args"]
+
+
 def test_each_sidecar_has_its_roles_and_leases(objects: list[Obj]) -> None:
     """The needs of each release's upstream RBAC example for the features enabled here."""
     lease = ("coordination.k8s.io", "leases")
@@ -675,7 +695,7 @@ def test_node_plugin(objects: list[Obj]) -> None:
     spec = template["spec"]
     driver = container(spec, "rdscsi")
     args = driver["args"]
-    assert args[:4] == ["serve", "--node", "--node-id", "$(NODE_NAME)"]
+    assert args[:5] == ["serve", "--node", "--kubernetes", "--node-id", "$(NODE_NAME)"]
     assert args[args.index("--endpoint") + 1] == "unix:///csi/csi.sock"
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in driver["env"]}
     assert env == {"NODE_NAME": "spec.nodeName", "POD_IP": "status.podIP"}

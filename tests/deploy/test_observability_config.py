@@ -25,7 +25,12 @@ TROUBLESHOOTING = ROOT / "docs" / "troubleshooting.md"
 DASHBOARD = ROOT / "deploy" / "grafana" / "rdscsi.json"
 PENDING = "*to be emitted by the controller*"
 # per-object gauges: one replica's view, never to be summed across replicas
-PER_OBJECT = {"rds_csi_attachment_state", "rds_csi_node_state", "rds_csi_kube_informer_synced"}
+PER_OBJECT = {
+    "rds_csi_attachment_state",
+    "rds_csi_node_state",
+    "rds_csi_orphan_state",
+    "rds_csi_kube_informer_synced",
+}
 
 
 class Row:
@@ -188,6 +193,8 @@ def test_the_alerts_cover_what_operators_need() -> None:
         "RdsCsiKubeWatchFailing",
         "RdsCsiEventsDropped",
         "RdsCsiPoolNearlyFull",
+        "RdsCsiOrphansFound",
+        "RdsCsiFenceRepaired",
         "RdsCsiMetricsTargetAbsent",
     }
 

@@ -31,6 +31,11 @@ DRIVER = "rds.csi.test"
 Mode = pb.VolumeCapability.AccessMode
 
 
+def host_nqn(node: str) -> str:
+    """The host NQN each test node reports (what `fence: allow-host` puts on allow-lists)."""
+    return f"nqn.2014-08.org.example:host-{node}"
+
+
 def mount_cap(mode: int = Mode.SINGLE_NODE_WRITER) -> pb.VolumeCapability:
     return pb.VolumeCapability(
         mount=pb.VolumeCapability.MountVolume(fs_type="ext4"),
@@ -88,7 +93,7 @@ def fleet_yaml(sims: Mapping[str, Simulator], key_file: Path, tmp: Path) -> dict
         "name": DRIVER,
         "controller": True,
         "endpoint": f"unix://{tmp / 'csi.sock'}",
-        "known_nodes": NODES,
+        "known_nodes": [f"{n}={host_nqn(n)}" for n in NODES],  # the fence lets them connect
         "state_dir": str(tmp / "state"),  # the attachments outlive a restart
         "rds": {"name": A, **appliance(sims[A])},
         "appliances": {B: appliance(sims[B])},

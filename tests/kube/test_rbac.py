@@ -16,7 +16,7 @@ from rdscsi.cluster import ClusterBinding
 from rdscsi.config import ApplianceConfig, DriverConfig
 from rdscsi.hooks.events import NORMAL, ClusterEvent, ObjectRef
 from rdscsi.io.kube.events import KubeEventSink, KubeRef
-from rdscsi.io.kube.rbac import controller_rules
+from rdscsi.io.kube.rbac import controller_rules, node_rules
 from rdscsi.testing.kubeapi import Access, Authorizer, FakeKube, User
 from rdscsi.testing.kubeapi.objects import node, pv, volume_attachment
 from tests.deploy.test_manifests import BASE, render
@@ -108,6 +108,9 @@ async def test_the_controller_stays_within_its_shipped_rbac(tmp_path: Path) -> N
             await until(lambda: sink.stats.sent == 3, "three events")
             sink.emit(event)  # a repeat: its series is patched
             await until(lambda: sink.stats.series_patches == 1, "the series")
+            # the orphan sweep's claimants: the PVs in view, the VolumeSnapshotContents
+            claims = await binding.claims()
+            assert claims.volumes == {"vol-1"} and claims.snapshots == frozenset()
             renewed = binding.elector.attempts
             clock.advance(config.retry_period)
             await until(lambda: binding.elector.attempts > renewed, "a renewal")
@@ -154,3 +157,76 @@ def test_the_declared_rules_are_not_looser_than_needed() -> None:
         Access("list", "", "secrets", "kube-system", ""),
     ):
         assert not rules.allows(SA, access), access
+
+
+def node_roles() -> list[dict[str, object]]:
+    """The node plugin's RBAC from the manifests."""
+    kinds = {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    return [
+        o for o in render(BASE) if o["kind"] in kinds and o["metadata"]["name"] == "rdscsi-node"
+    ]
+
+
+async def test_the_node_plugin_reports_its_host_nqn_within_its_shipped_rbac() -> None:
+    from rdscsi.io.kube.hostnqn import HostNQNReporter
+
+    clock = ManualClock()
+    node_sa = User.service_account(NAMESPACE, "rdscsi-node")
+    nqn = "nqn.2014-08.org.nvmexpress:uuid:0b1c2d3e-0000-4000-8000-000000000001"
+    async with FakeKube(clock=clock, authorizer=Authorizer(node_roles())) as kube:
+        kube.grant("node-token", node_sa)
+        kube.put(node("n1"))
+        kube.put(node("n2"))
+        api = ApiClient(kube.configuration("node-token"))
+        reporter = HostNQNReporter(api, "n1", DRIVER, nqn, clock, every=300.0)
+        reporter.start()
+        try:
+            await until(lambda: reporter.reported.is_set(), "the report")
+            annotations = kube.get("v1", "Node", "n1")["metadata"]["annotations"]  # type: ignore[index]
+            assert annotations == {f"{DRIVER}/host-nqn": nqn}
+            assert "annotations" not in kube.get("v1", "Node", "n2")["metadata"]  # type: ignore[index]
+            # someone removes it: the next report (a resync later) puts it back
+            n1 = kube.get("v1", "Node", "n1")
+            assert n1 is not None
+            del n1["metadata"]["annotations"]
+            kube.put(n1)
+            clock.advance(300.0)
+            await until(lambda: reporter.reports == 2, "the second report")
+            assert kube.get("v1", "Node", "n1")["metadata"]["annotations"]  # type: ignore[index]
+        finally:
+            await reporter.stop()
+            await api.close()
+        assert kube.denied == [], kube.denied
+        used = {(a.group, a.resource, a.verb, a.name) for a in kube.accesses()}
+        assert used == {("", "nodes", "patch", "n1")}
+        wanted = {(r.group, r.resource, v) for r in node_rules() for v in r.verbs}
+        assert {(g, r, v) for g, r, v, _ in used} == wanted
+
+
+async def test_the_reporter_retries_with_a_growing_delay() -> None:
+    from rdscsi.io.kube.hostnqn import HostNQNReporter
+    from rdscsi.io.kube.ratelimit import Backoff
+
+    clock = ManualClock()
+    async with FakeKube(clock=clock) as kube:
+        api = ApiClient(kube.configuration())
+        reporter = HostNQNReporter(
+            api,
+            "n1",
+            DRIVER,
+            "nqn.2014-08.org.example:n1",
+            clock,
+            every=300.0,
+            backoff=Backoff(initial=1.0, cap=4.0, jitter=0.0),
+        )
+        reporter.start()  # the Node does not exist yet: 404, then retries
+        try:
+            await until(lambda: reporter.failures == 1, "a failure")
+            clock.advance(1.0)
+            await until(lambda: reporter.failures == 2, "a retry after 1 s")
+            kube.put(node("n1"))
+            clock.advance(2.0)
+            await until(lambda: reporter.reported.is_set(), "reported after 2 s more")
+        finally:
+            await reporter.stop()
+            await api.close()

@@ -1,4 +1,7 @@
-"""Model-based test of the Attachment machine against an independent reference table."""
+"""Model-based test of the Attachment machine against an independent reference table,
+fence steps included (a node is never taken off the allow-list while it holds the volume; a
+host goes on only while the list has room for it: a single-node volume's new holder never
+before the old one is off)."""
 
 from __future__ import annotations
 
@@ -37,6 +40,39 @@ class Ref:
     rwx: bool = False
     stale_since: float | None = None
     deadline: float | None = None
+    fenced: frozenset[str] = frozenset()
+
+    @property
+    def holders(self) -> tuple[str, ...]:
+        return tuple(n for n in (self.node, self.peer) if n is not None)
+
+
+def host(node: str) -> str:
+    """The host NQN each node reports."""
+    return f"nqn.2014-08.org.example:{node}"
+
+
+STRAY = "nqn.2014-08.org.example:stray"  # on a list, reported by no node
+HOSTS = (*(host(n) for n in ("n1", "n2", "n3")), STRAY)
+ADD = ("fence", "repair_fence")
+REMOVE = ("unfence", "fence_out", "repair_unfence")
+FENCE_HOOKS = {
+    "fence": ("fence_added",),
+    "repair_fence": ("fence_added", "fence_repaired"),
+    "unfence": ("fence_removed",),
+    "fence_out": ("NodeFenced", "fence_removed"),
+    "repair_unfence": ("FenceRepaired", "fence_removed", "fence_repaired"),
+}
+# The fence step's host NQN (the reference's conditions take the node, not the NQN).
+NQN: list[str] = [""]
+
+
+def room(r: Ref) -> bool:
+    """The list may take one more host: a single-node volume's only while it is empty, a
+    read-write-many block volume's while it has fewer than the nodes holding it."""
+    if not r.rwx:
+        return not r.fenced
+    return len(r.fenced) < len(r.holders)
 
 
 CLEARED = {"node": None, "peer": None, "stale_since": None, "deadline": None}
@@ -157,6 +193,28 @@ TABLE: dict[tuple[str, str], list[tuple[Any, str, Any, tuple[str, ...]]]] = {
 }
 
 
+for _state in ("attached", "migrating"):
+    for _event in ADD:
+        TABLE[(_state, _event)] = [
+            (
+                lambda r, n, w, e, t: n in r.holders and NQN[0] not in r.fenced and room(r),
+                _state,
+                lambda r, n, w, e, t: {"fenced": r.fenced | {NQN[0]}},
+                FENCE_HOOKS[_event],
+            )
+        ]
+for _state in ("detached", "attached", "migrating", "stale"):
+    for _event in REMOVE:
+        TABLE[(_state, _event)] = [
+            (
+                lambda r, n, w, e, t: NQN[0] in r.fenced and n not in r.holders,
+                _state,
+                lambda r, n, w, e, t: {"fenced": r.fenced - {NQN[0]}},
+                FENCE_HOOKS[_event],
+            )
+        ]
+
+
 def reference_step(
     ref: Ref, event: str, node: str, rwx: bool, evidence: bool, now: float
 ) -> tuple[Ref, tuple[str, ...]] | str:
@@ -189,11 +247,13 @@ class AttachmentModelTest(RuleBasedStateMachine):
         rwx: bool = False,
         ev: bool = False,
         ago: float | None = None,
+        nqn: str = "",
     ) -> None:
         now = self._now()
         model, ref = self.models[vol], self.refs[vol]
         before = model.fields()
         SINCE[0] = None if ago is None else now - ago
+        NQN[0] = nqn
         expected = reference_step(ref, event, node, rwx, ev, now)
         p = AttachInput(
             now=now,
@@ -203,6 +263,7 @@ class AttachmentModelTest(RuleBasedStateMachine):
             grace_s=GRACE,
             migration_s=MIGRATION,
             since=SINCE[0],
+            nqn=nqn,
         )
         start = len(self.log.fired)
         if expected == NOT_ALLOWED:
@@ -216,8 +277,16 @@ class AttachmentModelTest(RuleBasedStateMachine):
         if ref.state == "stale" and new_ref.state == "detached" and event == "reconcile":
             self.cleared_at.append((now - (ref.stale_since or 0.0), 1.0 if ev else 0.0))
         reasons_before = len(self.rig.sink.events)
+        holders = model.nodes
         self.engine.send(model, event, p)
         self.refs[vol] = new_ref
+        if event in REMOVE:
+            # the issue's rule, checked apart from the reference: never a holder
+            assert node not in holders, f"{vol}: {event} took holder {node} off"
+        if event in ADD:
+            # never more hosts than holders; a single-node volume's list never holds two
+            assert len(model.fenced) <= len(model.nodes), (vol, event, model.fenced)
+            assert model.rwx_block or len(model.fenced) == 1, (vol, event, model.fenced)
         fired = tuple(h for _, h, _ in self.log.fired[start:])
         assert fired == hooks, f"{vol} {event}({node}): fired {fired}, expected {hooks}"
         reasons = [e.reason for e in list(self.rig.sink.events)[reasons_before:]]
@@ -320,8 +389,17 @@ class AttachmentModelTest(RuleBasedStateMachine):
                 model.rwx_block,
                 model.stale_since,
                 model.deadline,
+                model.fenced,
             )
-            want = (ref.state, ref.node, ref.peer, ref.rwx, ref.stale_since, ref.deadline)
+            want = (
+                ref.state,
+                ref.node,
+                ref.peer,
+                ref.rwx,
+                ref.stale_since,
+                ref.deadline,
+                ref.fenced,
+            )
             assert got == want, f"{vol}: machine {got} != reference {want}"
 
     @invariant()
@@ -344,7 +422,93 @@ class AttachmentModelTest(RuleBasedStateMachine):
             assert self.rig.gauge("attachment", state) == n
 
 
+class AttachmentFenceTest(AttachmentModelTest):
+    """The same volumes and rules, with the fence's steps between them (a run of its own,
+    so that the lifecycle's corners keep their share of the steps in the other)."""
+
+    @rule(vol=st.sampled_from([v for v, rwx in RWX.items() if rwx]))
+    def start_a_migration(self, vol: str) -> None:
+        # steer towards two holders: the state where the list holds both ends
+        model = self.models[vol]
+        if model.state == "detached":
+            self._apply(vol, "publish", "n1", rwx=True)
+        if model.state == "attached" and model.node is not None:
+            other = next(n for n in NODES if n != model.node)
+            self._apply(vol, "publish", other, rwx=True)
+
+    @rule(vol=st.sampled_from(VOLUMES))
+    def lose_the_holder(self, vol: str) -> None:
+        # steer towards a suspect holder: the state whose holder never comes off
+        model = self.models[vol]
+        if model.state == "detached":
+            self._apply(vol, "publish", "n2", rwx=RWX[vol])
+        if model.state == "attached" and model.node is not None:
+            self._apply(vol, "node_lost", "".join(list(model.node)))
+
+    @rule(
+        vol=st.sampled_from(VOLUMES),
+        pick=PICK,
+        event=st.sampled_from((*ADD, *REMOVE)),
+        stray=st.integers(0, 5),
+    )
+    def fence_step(self, vol: str, pick: int, event: str, stray: int) -> None:
+        # any node's host, now and then one no node reports
+        node = self._node(vol, pick)
+        nqn = host(node)
+        if stray == 0:
+            node, nqn = "", STRAY
+        self._apply(vol, event, node, nqn=nqn)
+
+    @precondition(
+        lambda self: any(m.state in ("attached", "migrating") for m in self.models.values())
+    )
+    @rule(data=st.data(), event=st.sampled_from(ADD))
+    def holder_goes_on(self, data: st.DataObject, event: str) -> None:
+        # aim at the holders of attached and migrating volumes
+        vol = data.draw(
+            st.sampled_from(
+                [v for v, m in self.models.items() if m.state in ("attached", "migrating")]
+            )
+        )
+        node = data.draw(st.sampled_from(self.models[vol].nodes))
+        self._apply(vol, event, "".join(list(node)), nqn=host(node))
+
+    @precondition(lambda self: any(m.fenced for m in self.models.values()))
+    @rule(data=st.data(), event=st.sampled_from(REMOVE))
+    def host_comes_off(self, data: st.DataObject, event: str) -> None:
+        # aim at what is on a list: a holder's (refused) or another's
+        vol = data.draw(st.sampled_from([v for v, m in self.models.items() if m.fenced]))
+        nqn = data.draw(st.sampled_from(sorted(self.models[vol].fenced)))
+        node = nqn.rsplit(":", 1)[1] if nqn != STRAY else ""
+        self._apply(vol, event, node, nqn=nqn)
+
+    @rule(vol=st.sampled_from(VOLUMES), event=st.sampled_from(REMOVE))
+    def stray_beside_the_holders(self, vol: str, event: str) -> None:
+        # a list holding a host beside the holders' (whatever the volume's state): only the
+        # stray comes off, the holders never do
+        holders = self.models[vol].nodes
+        self.list_read(vol, {STRAY, *(host(n) for n in holders)})
+        self._apply(vol, event, "", nqn=STRAY)
+        for node in holders:
+            self._apply(vol, event, "".join(list(node)), nqn=host(node))
+
+    @rule(vol=st.sampled_from(VOLUMES), hosts=st.sets(st.sampled_from(HOSTS), max_size=3))
+    def list_read(self, vol: str, hosts: set[str]) -> None:
+        # the list as read from the appliance (after a crash between steps, a hand edit):
+        # the Fencer starts every change from it
+        self.models[vol].fenced = frozenset(hosts)
+        self.refs[vol] = replace(self.refs[vol], fenced=frozenset(hosts))
+
+
 def test_attachment_machine_against_reference() -> None:
     run_state_machine_as_test(AttachmentModelTest, settings=coverage_settings())
-    missing = uncovered(compile_machine(AttachmentMachine))
+    d = compile_machine(AttachmentMachine)
+    missing = [m for m in uncovered(d) if not any(f" --{e} " in m for e in (*ADD, *REMOVE))]
     assert not missing, f"transitions never exercised: {missing}"
+
+
+def test_attachment_fence_steps_against_reference() -> None:
+    run_state_machine_as_test(AttachmentFenceTest, settings=coverage_settings())
+    d = compile_machine(AttachmentMachine)
+    missing = [m for m in uncovered(d) if any(f" --{e} " in m for e in (*ADD, *REMOVE))]
+    assert not missing, f"fence steps never exercised: {missing}"

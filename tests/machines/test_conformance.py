@@ -28,6 +28,9 @@ from rdscsi.machines import (
     NodeVolumeInput,
     NodeVolumeMachine,
     NodeVolumeModel,
+    OrphanInput,
+    OrphanMachine,
+    OrphanModel,
     TransitionNotAllowed,
     compile_machine,
 )
@@ -62,6 +65,19 @@ PAYLOADS: dict[type[StateMachine], tuple[Any, st.SearchStrategy[Any]]] = {
             evidence=st.booleans(),
             grace_s=st.sampled_from([0.0, 30.0]),
             migration_s=st.sampled_from([0.0, 300.0]),
+            nqn=st.sampled_from(["", "nqn.2014-08.org.example:n1", "nqn.2014-08.org.example:n2"]),
+        ),
+    ),
+    OrphanMachine: (
+        lambda: OrphanModel("disk pvc-1", "volume"),
+        st.builds(
+            OrphanInput,
+            now=TIMES,
+            wall=TIMES,
+            mode=st.sampled_from(["report", "quarantine", "delete"]),
+            claimed=st.booleans(),
+            min_age_s=st.sampled_from([0.0, 100.0]),
+            retention_s=st.sampled_from([0.0, 100.0]),
         ),
     ),
 }

@@ -68,7 +68,12 @@ def test_a_waiting_self_transition_counts_up_in_place() -> None:
     waiting, evidence = history[2], history[3]
     start = clock.monotonic() - 255.0
     assert (waiting.repeats, waiting.first - start, waiting.last - start) == (50, 5.0, 250.0)
-    assert waiting.decision.refused == ((D.transitions[22], "clearable", True),)
+    (clear,) = [
+        t
+        for t in D.transitions
+        if (t.source, t.event, t.target) == ("stale", "reconcile", "detached")
+    ]
+    assert waiting.decision.refused == ((clear, "clearable", True),)
     assert evidence.reason == "node n1 deleted" and evidence.repeats == 1  # another reason
 
 

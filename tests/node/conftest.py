@@ -1,5 +1,7 @@
 """Controller and node in one process, as `rdscsi run`: real SSH to the simulator, real loop
-devices, real mkfs and mounts (root only; skipped with the reason otherwise)."""
+devices, real mkfs and mounts (root only; skipped with the reason otherwise). The node has a
+host NQN of its own, the controller fences with it, and every connect of the loop transport
+is admitted by the simulator over its control socket, as `rdscsi run` does."""
 
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ from rdscsi.csi import csi_pb2 as pb
 from rdscsi.csi import csi_pb2_grpc
 from rdscsi.hooks.events import MemorySink
 from rdscsi.sim import SimConfig, Simulator
+from rdscsi.sim.control import CONTROL_SOCKET, ControlServer
 
 NODE = "node-a"
+NODE_NQN = "nqn.2014-08.org.nvmexpress:uuid:0d0e0f00-0000-4000-8000-00000000000a"
 GIB = 1 << 30
 Mode = pb.VolumeCapability.AccessMode
 
@@ -88,6 +92,10 @@ async def node(tmp_path: Path, client_key: asyncssh.SSHKey) -> AsyncIterator[Nod
         )
     )
     await sim.start()
+    control = ControlServer(sim, sim.data_dir / CONTROL_SOCKET)
+    await control.start()
+    hostnqn = tmp_path / "hostnqn"
+    hostnqn.write_text(NODE_NQN + "\n")
     config = DriverConfig(
         name="rds.csi.test",
         controller=True,
@@ -103,7 +111,9 @@ async def node(tmp_path: Path, client_key: asyncssh.SSHKey) -> AsyncIterator[Nod
         ),
         transport="loop",
         loop_root=str(sim.store.files_root),
-        known_nodes=[NODE],
+        loop_control=str(control.path),
+        host_nqn_file=str(hostnqn),
+        known_nodes=[NODE],  # its host NQN: this process's own (host_nqn_file)
         node_state_dir=str(tmp_path / "node-state"),
         kubelet_dir=str(tmp_path / "kubelet"),
     ).validate()
@@ -128,6 +138,7 @@ async def node(tmp_path: Path, client_key: asyncssh.SSHKey) -> AsyncIterator[Nod
     finally:
         await channel.close()
         await app.stop()
+        await control.stop()
         await sim.stop()
         cleanup(tmp_path)
 

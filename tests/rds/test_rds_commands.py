@@ -193,6 +193,48 @@ EXACT_LINES: list[tuple[Callable[[], Command], str, str, bool]] = [
         True,
     ),
     (
+        lambda: BUILDER.disk_allow_hosts(
+            "pvc-1", ["nqn.2014-08.org.nvmexpress:uuid:b", "nqn.2014-08.org.example:a"]
+        ),
+        "disk-fence",
+        '/disk set [find slot="pvc-1"] nvme-tcp-server-allow-host-name='
+        '"nqn.2014-08.org.example:a,nqn.2014-08.org.nvmexpress:uuid:b"',
+        True,
+    ),
+    (
+        lambda: BUILDER.disk_allow_hosts("pvc-1", []),  # nobody: never an empty list
+        "disk-fence",
+        '/disk set [find slot="pvc-1"] '
+        'nvme-tcp-server-allow-host-name="nqn.2000-02.com.mikrotik:rdscsi-no-host"',
+        True,
+    ),
+    (
+        lambda: BUILDER.disk_rename("pvc-1", PATH, "q1750000000000.pvc-1", export=False),
+        "disk-rename",
+        '/disk set [find slot="pvc-1" file-path="/storage-pool/k8s/pvc-1.img"] '
+        'slot="q1750000000000.pvc-1" nvme-tcp-export=no',
+        True,
+    ),
+    (
+        lambda: BUILDER.disk_rename("q1.pvc-1", PATH, "pvc-1", export=True),
+        "disk-rename",
+        '/disk set [find slot="q1.pvc-1" file-path="/storage-pool/k8s/pvc-1.img"] '
+        'slot="pvc-1" nvme-tcp-export=yes',
+        True,
+    ),
+    (
+        lambda: BUILDER.disk_remove_exact("q1.pvc-1", PATH),
+        "disk-remove",
+        '/disk remove [find slot="q1.pvc-1" file-path="/storage-pool/k8s/pvc-1.img"]',
+        True,
+    ),
+    (
+        lambda: BUILDER.file_rename(PATH, "/storage-pool/k8s/q1.pvc-1.img"),
+        "file-rename",
+        '/file set [find name="storage-pool/k8s/pvc-1.img"] name="storage-pool/k8s/q1.pvc-1.img"',
+        True,
+    ),
+    (
         lambda: BUILDER.file_remove(PATH),
         "file-remove",
         '/file remove [find name="storage-pool/k8s/pvc-1.img"]',
@@ -214,6 +256,25 @@ EXACT_LINES: list[tuple[Callable[[], Command], str, str, bool]] = [
         lambda: BUILDER.disk_print_prefix("pvc.a"),
         "disk-print-prefix",
         '/disk print detail where slot~"^pvc\\\\.a"',
+        False,
+    ),
+    (
+        lambda: BUILDER.disk_inventory("pvc-"),
+        "disk-inventory",
+        "/disk print terse proplist=slot,file-path,nvme-tcp-export,nvme-tcp-server-nqn,"
+        'nvme-tcp-server-allow-host-name where slot~"^pvc-"',
+        False,
+    ),
+    (
+        lambda: BUILDER.file_inventory("/storage-pool/k8s/"),
+        "file-inventory",
+        '/file print terse proplist=name where name~"^storage-pool/k8s/"',
+        False,
+    ),
+    (
+        lambda: BUILDER.nvme_connections(terse=True),
+        "nvme-connections",
+        "/interface nvme-tcp connection print terse",
         False,
     ),
     (
@@ -321,6 +382,15 @@ def test_pool_root_normalised_and_mount_point() -> None:
         (lambda: BUILDER.disk_comment("pvc-1", 'a"b'), "comment"),
         (lambda: BUILDER.disk_comment("pvc-1", "a\nb"), "comment"),
         (lambda: BUILDER.disk_comment("pvc-1", "x" * 256), "comment"),
+        (lambda: BUILDER.disk_allow_hosts("pvc-1", ["nqn.2014-08.org.a:b,c"]), "host nqn"),
+        (lambda: BUILDER.disk_allow_hosts("pvc-1", ['nqn.2014-08.org.a:"b']), "host nqn"),
+        (lambda: BUILDER.disk_allow_hosts("pvc-1", ["nqn.2014-08.org.a:b c"]), "host nqn"),
+        (lambda: BUILDER.disk_allow_hosts("pvc-1", ["host-a"]), "host nqn"),
+        (lambda: BUILDER.disk_allow_hosts("pvc-1", ["nqn.2014-08.a:" + "b" * 220]), "host nqn"),
+        (lambda: BUILDER.disk_allow_hosts("pvc-1", [None]), "host nqn"),  # type: ignore[list-item]
+        (lambda: BUILDER.disk_rename("pvc-1", PATH, "Q;x", export=False), "new slot"),
+        (lambda: BUILDER.disk_rename("pvc-1", "/etc/x.img", "q1", export=False), "file path"),
+        (lambda: BUILDER.file_rename(PATH, "/storage-pool/../x.img"), "new file path"),
         (lambda: CommandBuilder("relative/"), "pool root"),
         (lambda: CommandBuilder("/"), "pool root"),
         (lambda: CommandBuilder("/a/../b"), "pool root"),

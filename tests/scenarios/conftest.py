@@ -27,6 +27,7 @@ from rdscsi.config import ApplianceConfig, DriverConfig
 from rdscsi.csi import csi_pb2_grpc
 from rdscsi.io.kube.events import KubeEventSink, KubeRef
 from rdscsi.io.kube.lease import LeaderElector
+from rdscsi.io.kube.nodes import host_nqn_annotation
 from rdscsi.serve import in_cluster
 from rdscsi.sim import SimConfig, Simulator
 from rdscsi.testing.kubeapi import Authorizer, FakeKube, User
@@ -36,6 +37,13 @@ from rdscsi.testing.sidecars import mount_cap as mount_cap
 from tests.deploy.test_manifests import BASE, render
 
 DRIVER = "rds.csi.mikrotik.com"  # the shipped name: the Lease Role names its Lease
+
+
+def host_nqn(node: str) -> str:
+    """The NVMe host NQN each test node's plugin reports (the fence lets it connect)."""
+    return f"nqn.2014-08.org.example:host-{node}"
+
+
 NAMESPACE = "rdscsi-system"
 TOKEN = "controller-sa"
 GRACE = 30.0
@@ -201,6 +209,8 @@ class World:
         await until(lambda: all(e.settled for e in self.electors), "due Lease attempts", limit=20.0)
         for r in self.live():
             await r.app.reconciler.wait_idle()
+            # the Events that pass posted are in the API before anyone looks for them
+            await asyncio.wait_for(r.sink.written(), 10.0)
 
     async def tick(self, seconds: float, step: float = STEP) -> None:
         """Advance the world's clock in steps no longer than the retry period."""
@@ -235,8 +245,17 @@ class World:
     def node(
         self, name: str, ready: bool = True, taints: list[dict[str, str]] | None = None
     ) -> None:
-        """A kubelet (or the node lifecycle controller) reporting a Node, dated now."""
-        self.kube.put(k8s.node(name, ready=ready, taints=taints or [], since=self.clock.wall()))
+        """A kubelet (or the node lifecycle controller) reporting a Node, dated now, with the
+        host NQN its node plugin reported (`host_nqn`)."""
+        self.kube.put(
+            k8s.node(
+                name,
+                ready=ready,
+                taints=taints or [],
+                since=self.clock.wall(),
+                annotations={host_nqn_annotation(DRIVER): host_nqn(name)},
+            )
+        )
 
     def delete_node(self, name: str) -> None:
         self.kube.remove("v1", "Node", name)

@@ -19,13 +19,15 @@ from rdscsi.explain.service import bind_cluster, for_controller
 from rdscsi.observe import MetricsServer
 from rdscsi.testing.kubeapi import objects as k8s
 
-from .conftest import DRIVER, GRACE, STEP, TOKEN, Replica, World, until
+from .conftest import DRIVER, GRACE, STEP, TOKEN, Replica, World, host_nqn, until
 from .sidecars import attachment_name
 from .test_recovery import OUT_OF_SERVICE, attached, setup, states
 
 JSON = dict[str, Any]
 EVIDENCE = (
-    "evidence that node n1 is gone: the Node deleted, or tainted node.kubernetes.io/out-of-service"
+    "evidence that node n1 is gone: the Node deleted, or tainted "
+    "node.kubernetes.io/out-of-service, or (rds.fence allow-host) no NVMe/TCP session of its "
+    "host to the volume in the appliance's listing"
 )
 
 
@@ -74,12 +76,40 @@ def guard(body: JSON, name: str) -> JSON:
     return found[0]
 
 
+async def test_a_release_on_session_evidence_is_explained_as_the_leader_made_it(
+    world: World,
+) -> None:
+    # n1 lost with no session of its host on the appliance: after the grace period the
+    # leader releases it and fences it out; any replica's explanation reads the same listing
+    # and derives the same release (the VolumeAttachment still lingers)
+    sidecars = await setup(world, "n1", "n2", pods=("ctl-a", "ctl-b"))
+    leader, follower = world.replicas["ctl-a"], world.replicas["ctl-b"]
+    [vid] = await attached(sidecars, 1, "n1", "e3")
+    world.node("n1", ready=False)
+    await until(lambda: states(leader, [vid]) == ["stale"], "stale")
+    await world.tick(GRACE + 5)
+    assert states(leader, [vid]) == ["detached"]
+    for r in (leader, follower):
+        url = await serve_explain(world, r)
+        body = await explain(url, kind="volume", name=vid)
+        assert body["machine"]["current"] == "detached", r.app.leadership.identity
+        cleared = body["derivation"][-1]
+        assert cleared["transition"] == "stale --reconcile [clearable]--> detached"
+        assert cleared["reason"] == (
+            "node n1 not Ready; no NVMe/TCP session of its host to the volume on the appliance"
+        )
+        assert body["appliance"]["fence"]["allow_list"] == "closed: no host may connect"
+        assert body["appliance"]["sessions"] == []
+
+
 async def test_stale_waiting_for_evidence_names_clearable_and_the_missing_evidence(
     world: World,
 ) -> None:
     sidecars = await setup(world, "n1", "n2", pods=("ctl-a", "ctl-b"))
     leader, follower = world.replicas["ctl-a"], world.replicas["ctl-b"]
     [vid] = await attached(sidecars, 1, "n1", "e1")
+    # n1 still holds its session: the appliance gives no evidence either
+    world.sim.register_host_connection(vid, host_nqn("n1"))
     lost_at = world.clock.wall()
     world.node("n1", ready=False)
     await until(lambda: states(leader, [vid]) == ["stale"], "stale")
@@ -133,7 +163,8 @@ async def test_stale_waiting_for_evidence_names_clearable_and_the_missing_eviden
     assert grace["at"] == iso(lost_at + GRACE) and grace["in_s"] == -5.0
     assert nxt["summary"] == (
         "stale on node n1; stale --reconcile [clearable]--> detached blocked by clearable: "
-        f"waiting for {EVIDENCE} (now: not deleted, no out-of-service taint)"
+        f"waiting for {EVIDENCE} (now: not deleted, no out-of-service taint, its host has a "
+        "session to the volume on the appliance)"
     )
     ways = {w["transition"]["text"]: w for w in nxt["ways_out"]}
     assert set(ways) == {
@@ -166,12 +197,20 @@ async def test_stale_waiting_for_evidence_names_clearable_and_the_missing_eviden
 
     # The leader's flight recorder: the publish it answered, the loss, the waiting passes.
     history = body["history"]
-    assert [h["transition"] for h in history[:2]] == [
+    assert [h["transition"] for h in history[:3]] == [
         "detached --publish--> attached",
+        "attached --fence [admissible]--> attached",  # n1's host on the disk's allow-list
         "attached --node_lost [on_node]--> stale",
     ]
     assert history[0]["reason"] == "ControllerPublishVolume for node n1"
-    assert history[1]["reason"] == "node n1 not Ready"
+    assert history[1]["reason"] == (
+        f"ControllerPublishVolume for node n1: its host {host_nqn('n1')} goes on the disk's "
+        "allow-list before the answer"
+    )
+    assert history[2]["reason"] == "node n1 not Ready"
+    fence = appliance["fence"]
+    assert fence == {"setting": "allow-host", "allow_list": host_nqn("n1")}  # a stale one stays
+    assert appliance["sessions"] == [host_nqn("n1")]
     waits = [h for h in history if h["transition"] == "stale --reconcile [else]--> stale"]
     assert waits and waits[-1]["refused"] == [
         {"transition": "stale --reconcile [clearable]--> detached", "guard": "clearable"}

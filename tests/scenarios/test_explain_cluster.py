@@ -19,6 +19,7 @@ import grpc
 
 from rdscsi.csi import csi_pb2 as pb
 from rdscsi.csi import csi_pb2_grpc
+from rdscsi.io.kube.nodes import host_nqn_annotation
 from rdscsi.sim import Simulator
 from rdscsi.testing.kubeapi import FakeKube
 from rdscsi.testing.kubeapi import objects as k8s
@@ -35,6 +36,7 @@ from .test_manifest_run import (  # noqa: F401 - `cluster` is the fixture
 )
 
 PVC = "pvc-00000000-0000-4000-8000-0000000000c1"
+HOST = "nqn.2014-08.org.example:host-n1"
 
 
 async def rdscsi_explain(*args: str) -> tuple[int, str, str]:
@@ -66,7 +68,9 @@ async def test_explain_a_stale_volume_of_the_shipped_controller(
     client_key: asyncssh.SSHKey,
 ) -> None:
     kube, sim, objects = cluster
-    kube.put(k8s.node("n1"))
+    # the host NQN n1's node plugin reported (the controller fences with it)
+    noted = {host_nqn_annotation(DRIVER): HOST}
+    kube.put(k8s.node("n1", annotations=noted))
     pod = {"name": "rdscsi-controller-5d8f7-e9x2q", "uid": str(uuid.uuid4()), "node": "n1"}
     ctl = materialize(
         objects,
@@ -104,7 +108,9 @@ async def test_explain_a_stale_volume_of_the_shipped_controller(
                     )
                 )
                 kube.put(k8s.volume_attachment("csi-c1", DRIVER, "n1", PVC, attached=True))
-            kube.put(k8s.node("n1", ready=False))
+            # n1 still holds its session: the appliance gives no evidence either
+            sim.register_host_connection(vol.volume_id, HOST)
+            kube.put(k8s.node("n1", ready=False, annotations=noted))
             url = f"http://127.0.0.1:{ctl.ports['metrics']}"
             for _ in range(200):
                 if await current(url) == "stale":

@@ -4,7 +4,9 @@ container's exact args and env, `$(VAR)` expanded, fieldRefs filled, the mounted
 and Secret as files), pointed at the simulator and the test API server (with the shipped
 RBAC). The driver must come up in the mode the manifests intend: cluster mode, informers
 watching, the election taken part in, the CSI socket serving, the probes answering as
-kubelet expects (an appliance outage makes the pod not ready, never restarts it)."""
+kubelet expects (an appliance outage makes the pod not ready, never restarts it). The node
+container reports its host NQN on its Node with its own service account, and a publish puts
+that NQN on the disk's allow-list (the fence)."""
 
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ Obj = dict[str, Any]
 NAMESPACE = "rdscsi-system"
 DRIVER = "rds.csi.mikrotik.com"
 TOKEN = "sa-token"
+NODE_TOKEN = "node-sa-token"
 
 
 def free_port() -> int:
@@ -219,6 +222,7 @@ async def cluster(
     objects = render(BASE)
     async with FakeKube(authorizer=Authorizer(objects)) as kube:
         kube.grant(TOKEN, User.service_account(NAMESPACE, "rdscsi-controller"))
+        kube.grant(NODE_TOKEN, User.service_account(NAMESPACE, "rdscsi-node"))
         sim = Simulator(
             SimConfig(
                 data_dir=tmp_path / "sim", authorized_keys=[client_key.export_public_key().decode()]
@@ -257,6 +261,7 @@ async def test_the_shipped_controller_and_node_containers_run_as_intended(
         kubeconfig,
     )
     assert ctl.argv[3:6] == ["serve", "--controller", "--kubernetes"]
+    nodes_started: list[Container] = []
     await ctl.start()
     try:
         with failing_with(ctl):
@@ -299,6 +304,31 @@ async def test_the_shipped_controller_and_node_containers_run_as_intended(
             assert await ctl.probe("livenessProbe") == (200, "ok\n")
             await until_probe(ctl, "readinessProbe", 200)
 
+            # The node plugin of n1, with its own service account: node-init made its host
+            # NQN, it reports it on its Node (what the controller fences with).
+            node_kubeconfig = kube.kubeconfig(tmp_path / "node-kubeconfig", token=NODE_TOKEN)
+            node = materialize(
+                objects,
+                "DaemonSet",
+                "rdscsi-node",
+                pod,
+                tmp_path / "node",
+                (sim, client_key),
+                node_kubeconfig,
+            )
+            assert node.argv[3:8] == ["serve", "--node", "--kubernetes", "--node-id", "n1"]
+            nqn = "nqn.2014-08.org.nvmexpress:uuid:6f1e2d3c-0000-4000-8000-0000000000a1"
+            node.path("/etc/nvme/hostnqn").write_text(nqn + "\n")
+            await node.start()
+            nodes_started.append(node)
+
+            def reported() -> str | None:
+                annotations = (kube.get("v1", "Node", "n1") or {})["metadata"].get("annotations")
+                return (annotations or {}).get(f"{DRIVER}/host-nqn")
+
+            with failing_with(node):
+                await until(lambda: reported() == nqn, "n1's host NQN on its Node", 60)
+
             # CSI through the shipped socket: a publish derived from the objects.
             async with grpc.aio.insecure_channel(f"unix://{socket_path}") as channel:
                 identity = csi_pb2_grpc.IdentityStub(channel)
@@ -325,6 +355,9 @@ async def test_the_shipped_controller_and_node_containers_run_as_intended(
                 )
                 listed = await controller.ListVolumes(pb.ListVolumesRequest())
                 assert [list(e.status.published_node_ids) for e in listed.entries] == [["n1"]]
+                # fenced: only n1's host may connect to the export
+                allowed = sim.store.disks[vol.volume_id].nvme_tcp_server_allow_host_name
+                assert allowed == nqn
                 # the attacher records the outcome
                 kube.put(k8s.volume_attachment("csi-1", DRIVER, "n1", pvc, attached=True))
 
@@ -376,17 +409,6 @@ async def test_the_shipped_controller_and_node_containers_run_as_intended(
                 await sim.start()
                 await until_probe(ctl, "readinessProbe", 200)
 
-            node = materialize(
-                objects,
-                "DaemonSet",
-                "rdscsi-node",
-                pod,
-                tmp_path / "node",
-                (sim, client_key),
-                kubeconfig,
-            )
-            assert node.argv[3:7] == ["serve", "--node", "--node-id", "n1"]  # $(NODE_NAME)
-            await node.start()
             try:
                 with failing_with(node):
                     node_socket = node.path("/csi/csi.sock")
@@ -401,6 +423,8 @@ async def test_the_shipped_controller_and_node_containers_run_as_intended(
             finally:
                 assert await node.stop() == 0, node.log
     finally:
+        for started in nodes_started:
+            await started.stop()
         code = await ctl.stop()
     assert code == 0, ctl.log
     lease = kube.get("coordination.k8s.io/v1", "Lease", f"{DRIVER}-controller", NAMESPACE)

@@ -4,9 +4,14 @@ and detach them on nodes, make nodes NotReady, Ready, deleted or tainted out-of-
 drop and restart the appliance, restart or crash a replica, and move the reconciler's Lease
 and the sidecar leaders, with time moving in between.
 
+Every node a volume is published to connects to it (its session appears in the appliance's
+listing) until the volume is detached from it, so a NotReady node is never told from a live
+one by a missing session.
+
 Invariants:
 - a single-node volume is never published to two nodes, unless every other is fenced
   (deleted, or tainted out-of-service: the evidence the driver may act on);
+- the appliance's allow-list of a single-node volume never holds two hosts;
 - at most one replica leads the reconciler; one StartupReconciliation per leadership term;
 - once the faults stop (teardown: appliance back, replicas back, time past every grace
   period), every replica reports each volume published exactly where an attached
@@ -42,7 +47,16 @@ from rdscsi.sim import SimConfig, Simulator
 from rdscsi.testing.kubeapi import FakeKube, User
 from rdscsi.testing.kubeapi import objects as k8s
 
-from .conftest import DRIVER, GRACE, NAMESPACE, TOKEN, World, controller_rbac, mount_cap
+from .conftest import (
+    DRIVER,
+    GRACE,
+    NAMESPACE,
+    TOKEN,
+    World,
+    controller_rbac,
+    host_nqn,
+    mount_cap,
+)
 from .sidecars import KINDS, Sidecars, attachment_name
 
 PODS = ("ctl-a", "ctl-b")
@@ -98,6 +112,14 @@ class ControllerModel(RuleBasedStateMachine):
         await self.sidecars.start()
 
     # --- helpers --------------------------------------------------------------------------
+
+    def connect(self, vid: str, node: str) -> None:
+        """The node stages the volume: its session appears on the appliance (once)."""
+        self.sim.unregister_host_connection(slot=vid, host_nqn=host_nqn(node))
+        self.sim.register_host_connection(vid, host_nqn(node))
+
+    def disconnect(self, vid: str, node: str) -> None:
+        self.sim.unregister_host_connection(slot=vid, host_nqn=host_nqn(node))
 
     def fenced(self, node: str) -> bool:
         """Proven gone: deleted, or tainted out-of-service."""
@@ -163,6 +185,7 @@ class ControllerModel(RuleBasedStateMachine):
                 f"while on {others}"
             )
             self.published.setdefault(vid, set()).add(node)
+            self.connect(vid, node)
         elif not keep_pending:
             # The attach/detach controller gives up on this one (the pod went elsewhere).
             name = attachment_name(vid, node)
@@ -217,6 +240,8 @@ class ControllerModel(RuleBasedStateMachine):
         held = {n for n in self.published.get(vid, set()) | set(won) if not self.fenced(n)}
         assert len(held) <= 1, f"single-node volume {vid} published to {sorted(held)}"
         self.published.setdefault(vid, set()).update(won)
+        for node in won:
+            self.connect(vid, node)
         for node in (a, b):  # the losers' pods went elsewhere
             name = attachment_name(vid, node)
             va = self.kube.get("storage.k8s.io/v1", "VolumeAttachment", name)
@@ -233,6 +258,7 @@ class ControllerModel(RuleBasedStateMachine):
             ok, _ = self.run(self._attempt(self.sidecars.detach(vid, node)))
             if ok:
                 self.published.get(vid, set()).discard(node)
+                self.disconnect(vid, node)
 
     # --- rules: nodes ---------------------------------------------------------------------
 
@@ -298,6 +324,14 @@ class ControllerModel(RuleBasedStateMachine):
         self.run(self.world.tick(seconds))
 
     # --- invariants -----------------------------------------------------------------------
+
+    @invariant()
+    def a_single_node_volume_admits_one_host_at_most(self) -> None:
+        for vid, rwx in self.pvcs.values():
+            disk = self.sim.store.disks.get(vid or "")
+            if disk is not None and not rwx:
+                hosts = [h for h in disk.nvme_tcp_server_allow_host_name.split(",") if h]
+                assert len(hosts) <= 1, f"{vid}: allow-list {hosts}"
 
     @invariant()
     def one_reconciler_and_one_startup_event_per_term(self) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from rdscsi.csi import csi_pb2 as pb
 
-from .conftest import GRACE, STEP, Replica, World, until
+from .conftest import GRACE, STEP, Replica, World, host_nqn, until
 from .sidecars import Sidecars
 
 OUT_OF_SERVICE = {"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute"}
@@ -119,6 +119,8 @@ async def test_not_ready_without_evidence_is_never_cleared(world: World) -> None
     sidecars = await setup(world, "n1", "n2")
     r = world.replicas["ctl-a"]
     [vid] = await attached(sidecars, 1, "n1", "e0")
+    # n1 is still connected to the volume: the appliance lists its session
+    world.sim.register_host_connection(vid, host_nqn("n1"))
     world.node("n1", ready=False)
     await until(lambda: states(r, [vid]) == ["stale"], "stale")
     await world.tick(GRACE * 3)

@@ -8,6 +8,12 @@ with the Node machines and the clock by sending the machine's own events: a lost
 `node_lost` (stale since the node's Ready transition), a returned one `node_ready`, and
 `reconcile` for grace and migration deadlines. The machine picks every transition.
 
+Session evidence (`control.evidence`, with `rds.fence: allow-host` only): a stale holder with
+no NVMe/TCP session to the volume in the appliance's listing counts as evidence, beside
+deletion and the out-of-service taint. A listing is read only when some holder is lost
+without other evidence, once per pass or per such publish; without one there is no session
+evidence, never "no session".
+
 On the RPC path this runs on a *silent* engine (the same compiled machine without
 listeners): each replica reaches the same state without emitting the reconciler's events;
 only the RPC's own event goes through the real engine. The leader's pass
@@ -22,6 +28,7 @@ from dataclasses import dataclass
 
 from ..clock import Clock
 from ..machines import AttachInput, AttachmentModel, Engine, Step
+from .evidence import Evidence
 from .nodes import NodeBook, to_monotonic
 from .record import Claim, Observed, claim_order
 
@@ -96,7 +103,24 @@ class Deriver:
             model.entered_at = self.mono(entered)  # time in state counts from the object
         return model
 
-    def settle(self, engine: Engine, model: AttachmentModel) -> list[Step]:
+    def evidence(self, volume_id: str, node: str, sessions: Evidence | None = None) -> bool:
+        """Proof `node` no longer uses the volume: deleted or tainted out-of-service, or (with
+        a session listing) no session of its host to the volume's export."""
+        return self.nodes.evidence(node) or (
+            sessions is not None and sessions.absent(volume_id, node)
+        )
+
+    def wants_sessions(self, nodes: Sequence[str]) -> bool:
+        """Whether a session listing could be evidence for any of `nodes`: one is lost with
+        no other evidence, and its host NQN is known."""
+        book = self.nodes
+        return any(
+            book.lost(n) and not book.evidence(n) and book.host_nqn(n) is not None for n in nodes
+        )
+
+    def settle(
+        self, engine: Engine, model: AttachmentModel, sessions: Evidence | None = None
+    ) -> list[Step]:
         """Send the node and clock events the model is due, until it rests."""
         nodes = self.nodes
         steps: list[Step] = []
@@ -113,8 +137,11 @@ class Deriver:
                     p = self.input(holder, reason=nodes.describe(holder))
                     steps.append(engine.send(model, "node_ready", p))
                     continue
-                evidence = nodes.evidence(holder)
-                p = self.input(holder, evidence=evidence, reason=nodes.describe(holder))
+                evidence = self.evidence(model.volume_id, holder, sessions)
+                reason = nodes.describe(holder)
+                if evidence and not nodes.evidence(holder):
+                    reason += "; no NVMe/TCP session of its host to the volume on the appliance"
+                p = self.input(holder, evidence=evidence, reason=reason)
                 step = engine.send(model, "reconcile", p)
                 steps.append(step)
                 if step.target == "stale":
@@ -135,7 +162,12 @@ class Deriver:
         return steps
 
     def settled(
-        self, engine: Engine, volume_id: str, rwx_block: bool, holders: Sequence[Claim]
+        self,
+        engine: Engine,
+        volume_id: str,
+        rwx_block: bool,
+        holders: Sequence[Claim],
+        sessions: Evidence | None = None,
     ) -> AttachmentModel:
         """`restore` then `settle`; when the machine lets go of a node it was restored on
         (a stale attachment cleared) and later holders remain, they stand in its place: a
@@ -145,7 +177,7 @@ class Deriver:
         while True:
             model = self.restore(engine, volume_id, rwx_block, left)
             before = model.nodes
-            self.settle(engine, model)
+            self.settle(engine, model, sessions)
             dropped = [n for n in before if n not in model.nodes]
             rest = [c for c in left if c.node not in before]
             if not dropped or not rest:
@@ -155,9 +187,11 @@ class Deriver:
 
     # --- what RPCs ask --------------------------------------------------------------------
 
-    def current(self, observed: Observed) -> AttachmentModel:
+    def current(self, observed: Observed, sessions: Evidence | None = None) -> AttachmentModel:
         """Where the volume is attached now (an untracked model: read it, do not send)."""
-        return self.settled(self.silent, observed.volume_id, observed.rwx_block, observed.holders())
+        return self.settled(
+            self.silent, observed.volume_id, observed.rwx_block, observed.holders(), sessions
+        )
 
     def blockers(self, observed: Observed, node: str) -> list[Claim]:
         """Who stands before `node` for this volume: the holders, then the pending claims
@@ -191,10 +225,15 @@ class Deriver:
                 ahead.append(c)
         return sorted([*holders, *ahead], key=claim_order)
 
-    def for_decision(self, observed: Observed, holders: Sequence[Claim]) -> AttachmentModel:
+    def for_decision(
+        self,
+        observed: Observed,
+        holders: Sequence[Claim],
+        sessions: Evidence | None = None,
+    ) -> AttachmentModel:
         """A model settled silently, then tracked by the real engine for the RPC's event
         (the caller forgets it afterwards)."""
-        model = self.settled(self.silent, observed.volume_id, observed.rwx_block, holders)
+        model = self.settled(self.silent, observed.volume_id, observed.rwx_block, holders, sessions)
         entered = model.entered_at
         self.engine.track(model, model.state)
         model.entered_at = entered

@@ -6,6 +6,11 @@ Attachments ask the book whether their node is lost or ready, whether there is e
 (deleted, or the out-of-service taint) to release them, and since when the node has been
 lost: the Ready condition's `lastTransitionTime` when the object carries it, so every replica
 and every leader dates a loss alike and a failover restarts no grace period.
+
+The book also knows each node's NVMe host NQN, as its node plugin reports it (the Node's
+`<driver>/host-nqn` annotation; standalone, the configured one): the fence puts it on a
+disk's allow-list, and session evidence looks for it. A host NQN never changes for a node, so
+the last one reported is kept (a deleted node's too, while an attachment names the node).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class NodeView:
     # "key[=value]:effect". Not read by any decision.
     conditions: tuple[tuple[str, str, str], ...] = ()
     taints: tuple[str, ...] = ()
+    host_nqn: str | None = None  # the NVMe host NQN its node plugin reports, if any
 
 
 class NodeBook:
@@ -41,6 +47,8 @@ class NodeBook:
         self.synced = False  # a full listing has been seen: absence now means deleted
         self._lost_at: dict[str, float] = {}  # wall time each lost node was lost
         self._absent_at: dict[str, float] = {}  # never-seen names, first asked about after sync
+        self._nqn: dict[str, str] = {}  # node -> host NQN
+        self._owners: dict[str, set[str]] = {}  # host NQN -> nodes reporting it
 
     def observe(self, view: NodeView) -> list[Step]:
         """Feed one view; returns the transitions it caused (none when nothing changed)."""
@@ -50,7 +58,10 @@ class NodeBook:
         if model is not None and model.state == "deleted" and not view.deleted:
             self.engine.forget(model)  # a node re-created under the same name: a new life
             self._lost_at.pop(view.name, None)
+            self._set_nqn(view.name, None)
             model = None
+        if view.host_nqn:
+            self._set_nqn(view.name, view.host_nqn)
         if model is None:
             model = self.engine.track(NodeModel(view.name))
             self.models[view.name] = model
@@ -94,11 +105,37 @@ class NodeBook:
             self.engine.forget(self.models.pop(name))
             self.engine.retire(name)
             self._lost_at.pop(name, None)
+            self._set_nqn(name, None)
         for name in [n for n in self._absent_at if n not in keep]:
             del self._absent_at[name]
         return len(gone)
 
+    def _set_nqn(self, node: str, nqn: str | None) -> None:
+        old = self._nqn.pop(node, None)
+        if old is not None:
+            owners = self._owners.get(old, set())
+            owners.discard(node)
+            if not owners:
+                self._owners.pop(old, None)
+        if nqn:
+            self._nqn[node] = nqn
+            self._owners.setdefault(nqn, set()).add(node)
+
     # --- what the controller asks -----------------------------------------------------------
+
+    def host_nqn(self, node_id: str) -> str | None:
+        """The node's NVMe host NQN as its plugin reported it; None if it never did."""
+        return self._nqn.get(node_id)
+
+    def owner(self, nqn: str) -> str | None:
+        """The one node that reports this host NQN; None if none does, or several."""
+        owners = self._owners.get(nqn)
+        return next(iter(owners)) if owners and len(owners) == 1 else None
+
+    def sharing(self, node_id: str) -> list[str]:
+        """Other nodes reporting this node's host NQN (cloned machines): none can be fenced."""
+        nqn = self._nqn.get(node_id)
+        return sorted(self._owners.get(nqn, set()) - {node_id}) if nqn else []
 
     def known(self, node_id: str) -> bool:
         model = self.models.get(node_id)

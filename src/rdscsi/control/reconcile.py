@@ -13,7 +13,12 @@ The leader keeps one Attachment model per attached volume (these are what the
 4. a node the machine let go of is remembered as released, so the next pass does not
    restore it while its VolumeAttachment lingers; every replica reaches the same answer for
    its own decisions from the same objects and the clock (the release rules are the
-   machine's guards).
+   machine's guards). With the fence, the released node is also queued in `unfence`: the
+   leader takes it off the disk's allow-list after the pass (`control.audit`), retried until
+   the appliance accepts it.
+
+A pass may be given session evidence (`control.evidence`): one listing of the appliance for
+all the volumes it settles.
 """
 
 from __future__ import annotations
@@ -24,32 +29,44 @@ from collections import Counter
 
 from ..machines import AttachmentModel, Step
 from .derive import Deriver
+from .evidence import Evidence
 from .record import AttachmentRecord, Claim
 
 log = logging.getLogger("rdscsi.reconcile")
 
 
 class AttachmentPass:
-    def __init__(self, deriver: Deriver, record: AttachmentRecord) -> None:
+    def __init__(self, deriver: Deriver, record: AttachmentRecord, fencing: bool = False) -> None:
         self.deriver = deriver
         self.record = record
+        self.fencing = fencing  # queue released nodes for the fence
         self.models: dict[str, AttachmentModel] = {}
         self._restored_from: dict[str, tuple[str, ...]] = {}  # claim keys per kept model
         self.released: dict[str, set[str]] = {}  # volume -> claim keys let go by this leader
         self.problems: dict[str, str] = {}  # volume -> what does not add up (logged once)
+        self.unfence: dict[str, set[str]] = {}  # volume -> released nodes still on its fence
+        self._sessions: Evidence | None = None
 
-    def run(self) -> Counter[str]:
+    def wants_sessions(self) -> bool:
+        """Whether a session listing could be evidence this pass."""
+        return self.deriver.wants_sessions(sorted(self.record.nodes()))
+
+    def run(self, sessions: Evidence | None = None) -> Counter[str]:
         """One pass; returns how many volumes took each action (for logs and tests)."""
         done: Counter[str] = Counter()
         seen: set[str] = set()
+        self._sessions = sessions
         for vid in list(self.record.volume_ids()):
             seen.add(vid)
             self._volume(vid, done)
         for vid in [v for v in self.models if v not in seen]:
             self._volume(vid, done)  # its last claim went away
+        self._sessions = None
         for vid in [v for v in self.released if v not in seen]:
             del self.released[vid]
-        self.deriver.nodes.forget_deleted(keep=self.record.nodes())
+        # a node still to be taken off a fence keeps its host NQN until it is
+        waiting = {n for nodes in self.unfence.values() for n in nodes}
+        self.deriver.nodes.forget_deleted(keep=self.record.nodes() | waiting)
         return done
 
     def _volume(self, vid: str, done: Counter[str]) -> None:
@@ -72,7 +89,7 @@ class AttachmentPass:
             model = self.deriver.restore(engine, vid, observed.rwx_block, holders)
             self.models[vid] = model
         before = model.nodes
-        steps = self.deriver.settle(engine, model)
+        steps = self.deriver.settle(engine, model, self._sessions)
         for step in steps:
             done[_action(step)] += 1
         dropped = [n for n in before if n not in model.nodes]
@@ -84,6 +101,8 @@ class AttachmentPass:
             if release is not None:  # standalone: the record is ours to change
                 for node in dropped:
                     release(vid, node)
+            if self.fencing:
+                self.unfence.setdefault(vid, set()).update(dropped)
         self._restored_from[vid] = restored_from
         if model.state == "detached":
             engine.forget(model)
@@ -130,6 +149,7 @@ class AttachmentPass:
         self._restored_from.clear()
         self.released.clear()
         self.problems.clear()
+        self.unfence.clear()  # the next leader finds them in its sweep
 
 
 def _action(step: Step) -> str:

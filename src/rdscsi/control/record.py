@@ -221,6 +221,10 @@ class ClusterRecord:
             out.update(flying)
         return out
 
+    def in_flight(self) -> frozenset[str]:
+        """Volumes with a publish of this replica that no VolumeAttachment shows yet."""
+        return frozenset(self._inflight)
+
     def has_claim(self, volume_id: str, node: str) -> bool:
         pv_name = self._pv_of.get(volume_id)
         if pv_name is None:

@@ -8,6 +8,8 @@ volume reaches only that volume's box; a new volume's appliance is placed by
 its request first, holds a per-object lock (a concurrent call for the same volume or
 snapshot gets ABORTED), and names the object in every error. No RPC depends on which
 replica leads: any replica serves them all.
+With `fence: allow-host` on a volume's appliance ControllerPublish and ControllerUnpublish
+also set the disk's allow-list there (by its slot) before they answer (docs/fencing.md).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ..appliances import Appliance, Appliances, Located, Unresolved
+from ..control.fence import FenceRefused
 from ..io.rds.errors import AlreadyExistsError, NotFoundError, RDSError
-from ..io.rds.volumes import Snapshot, Volume, VolumeSource
+from ..io.rds.fence import AllowList
+from ..io.rds.volumes import ForeignDiskError, Snapshot, Volume, VolumeSource
 from . import csi_pb2 as pb
 from . import csi_pb2_grpc
 from .attachments import AttachmentBook, ClaimNotSeen, NodeDirectory
@@ -362,10 +366,19 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
             vol = await self._existing_volume(where, vid)
             self._check_kind(vid, vol, cap)
             self._check_readonly(vid, node, req.readonly)
+            fencer = self.attachments.fencer if where.appliance.fence else None
             try:
-                decision = await self.attachments.publish(vid, node, cap.multi_node)
+                if fencer is not None:
+                    fencer.host_of(node)  # refused before anything is decided
+                decision = await self.attachments.publish(
+                    vid, node, cap.multi_node, vol.allow if fencer is not None else None
+                )
             except ClaimNotSeen as exc:
                 raise RPCError(grpc.StatusCode.ABORTED, f"{exc}; retry") from None
+            except FenceRefused as exc:
+                raise precondition(f"volume {vid}: {exc}") from None
+            except RDSError as exc:
+                raise from_rds(exc, "fence (the allow-list)") from exc
             if decision.refused:
                 holders = ", ".join(decision.holders)
                 how = (
@@ -410,10 +423,34 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     ) -> pb.ControllerUnpublishVolumeResponse:
         vid = required(req.volume_id, "volume_id")
         with self.locks.hold(vid):
+            allow = await self._allow_list(vid)
             # An empty node_id means: from every node (CSI spec).
-            for step in self.attachments.unpublish(vid, req.node_id):
+            try:
+                steps = await self.attachments.unpublish(vid, req.node_id, allow)
+            except RDSError as exc:
+                raise from_rds(exc, "fence (the allow-list)") from exc
+            for step in steps:
                 self._readonly.pop((vid, step.payload.node), None)
         return pb.ControllerUnpublishVolumeResponse()
+
+    async def _allow_list(self, vid: str) -> AllowList | None:
+        """The volume's allow-list as its appliance has it; None when that appliance does not
+        fence, or there is no such volume of ours (nothing to fence)."""
+        if not is_volume_id(vid):
+            return None
+        try:
+            where = self.appliances.locate(vid)
+        except Unresolved:
+            return None
+        if not where.appliance.fence:
+            return None
+        try:
+            vol = await where.appliance.store.get_volume(where.slot)
+        except ForeignDiskError:
+            return None
+        except RDSError as exc:
+            raise from_rds(exc, f"volume {vid}") from exc
+        return vol.allow if vol is not None else None
 
     @rpc
     async def ValidateVolumeCapabilities(

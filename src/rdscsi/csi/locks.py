@@ -31,3 +31,7 @@ class OperationLocks:
 
     def held(self, key: str) -> bool:
         return key in self._held
+
+    def keys(self) -> frozenset[str]:
+        """Every key held now (the orphan sweep counts them as claimed)."""
+        return frozenset(self._held)

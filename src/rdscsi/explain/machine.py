@@ -14,6 +14,7 @@ from ..machines import MACHINES, AttachmentMachine, ConnectionMachine, NodeMachi
 from ..machines.diagrams import edges
 from ..machines.engine import Candidate, MachineDef, Step, Transition, evaluate
 from ..machines.guards import Part, doc_of, fill
+from ..machines.orphan import OrphanMachine
 from ..machines.volume import NodeVolumeMachine
 
 JSON = dict[str, Any]
@@ -22,6 +23,7 @@ ATTACHMENT = compile_machine(AttachmentMachine)
 CONNECTION = compile_machine(ConnectionMachine)
 NODE = compile_machine(NodeMachine)
 NODE_VOLUME = compile_machine(NodeVolumeMachine)
+ORPHAN = compile_machine(OrphanMachine)
 
 
 class Times:

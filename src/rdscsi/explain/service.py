@@ -253,10 +253,21 @@ def _connected(view: ApplianceView) -> bool:
 
 def for_controller(app: ControllerApp) -> Explainer:
     """The explainer of a controller (standalone until `bind_cluster`): one view per
-    appliance of its fleet, each volume explained with its own appliance's."""
+    appliance of its fleet, each volume explained with its own appliance's (its fence,
+    sessions and the orphans of its own sweep)."""
     config = app.config
     views: dict[str, ApplianceView] = {
-        a.name: StoreView(a.name, a.rds, a.store, a.nvme_address) for a in app.appliances
+        a.name: StoreView(
+            a.name,
+            a.rds,
+            a.store,
+            a.nvme_address,
+            fence="allow-host" if a.fence else "none",
+            sweep=app.audit[a.name].sweep,
+            export_nqn=a.export_nqn,
+            clock=app.clock,
+        )
+        for a in app.appliances
     }
     leadership = app.leadership
     node = app.server.node

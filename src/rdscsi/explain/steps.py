@@ -42,7 +42,7 @@ def blocked_or_due(outcome: JSON, event: str) -> JSON:
     }
 
 
-def summary(model: AttachmentModel, nxt: JSON, nodes: NodeBook) -> str:
+def summary(model: AttachmentModel, nxt: JSON, nodes: NodeBook, sessions_now: str = "") -> str:
     """One line: where the volume is, what the next step waits for (naming the guard), and
     the evidence or time that would let it through."""
     state, holder = model.state, model.node
@@ -66,7 +66,7 @@ def summary(model: AttachmentModel, nxt: JSON, nodes: NodeBook) -> str:
             waits.append(f"{g['guard']} holds: {g['text']}" if g["holds"] else g["guard"])
         for w in unmet:
             if w["kind"] == "evidence":
-                waits.append(f"waiting for {w['text']} ({_node_now(holder, nodes)})")
+                waits.append(f"waiting for {w['text']} ({_node_now(holder, nodes, sessions_now)})")
             elif w["kind"] == "after" and "in_s" in w:
                 waits.append(f"{w['text']} ends in {max(0.0, w['in_s']):g} s")
             elif w["kind"] == "before":
@@ -77,7 +77,7 @@ def summary(model: AttachmentModel, nxt: JSON, nodes: NodeBook) -> str:
     return f"{head}; {t} blocked by {guards}: " + "; ".join(waits)
 
 
-def _node_now(name: str | None, nodes: NodeBook) -> str:
+def _node_now(name: str | None, nodes: NodeBook, sessions_now: str = "") -> str:
     """What the driver sees of a node now, against the evidence it needs."""
     if not name:
         return "no node"
@@ -86,4 +86,4 @@ def _node_now(name: str | None, nodes: NodeBook) -> str:
         return f"node {name} never seen"
     deleted = "deleted" if model.state == "deleted" else "not deleted"
     taint = "tainted out-of-service" if model.out_of_service else "no out-of-service taint"
-    return f"now: {deleted}, {taint}"
+    return f"now: {deleted}, {taint}" + (f", {sessions_now}" if sessions_now else "")

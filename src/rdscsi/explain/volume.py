@@ -25,7 +25,15 @@ async def explain_volume(ex: Explainer, vid: str) -> JSON:
     deriver = ex.deriver
     model = deriver.restore(deriver.silent, vid, observed.rwx_block, observed.holders())
     restored = {"state": model.state, "nodes": list(model.nodes)}
-    steps = deriver.settle(deriver.silent, model)
+    appliance_name = ex.appliance_of(vid)
+    view = ex.appliances.get(appliance_name)
+    # Session evidence, read as the reconciler and ControllerPublish read it: a lost holder's
+    # host without a session to the volume is evidence (the leader cleared on it too).
+    sessions, unread = None, ""
+    probe = getattr(view, "session_evidence", None)
+    if probe is not None and deriver.wants_sessions(model.nodes):
+        sessions, unread = await probe(ex.nodes)
+    steps = deriver.settle(deriver.silent, model, sessions)
     derivation = [mx.step(s, times) for s in steps]
     # Since when: a stale holder from its loss; a state the derivation only now reached
     # (the objects imply it, no transition has dated it here) is left undated.
@@ -34,10 +42,18 @@ async def explain_volume(ex: Explainer, vid: str) -> JSON:
         since = model.stale_since
     elif any(s.source != s.target for s in steps):
         since = None
-    appliance_name = ex.appliance_of(vid)
-    view = ex.appliances.get(appliance_name)
-    events = _events(ex, model, observed, times)
-    nxt = _next_step(ex, model, observed, events, times, view)
+    sessions_now = unread
+    holder = model.node or ""
+    if model.state == "stale" and sessions is not None:
+        if ex.nodes.host_nqn(holder) is None:
+            sessions_now = "its host NQN unknown, so no session evidence"
+        elif sessions.absent(vid, holder):
+            sessions_now = "its host has no session to the volume on the appliance"
+        else:
+            sessions_now = "its host has a session to the volume on the appliance"
+    no_session = sessions is not None and model.state == "stale" and sessions.absent(vid, holder)
+    events = _events(ex, model, observed, times, no_session)
+    nxt = _next_step(ex, model, observed, events, times, view, sessions_now)
     body: JSON = {
         "kind": "volume",
         "object": {"volume_id": vid, "appliance": appliance_name},
@@ -71,13 +87,22 @@ async def explain_volume(ex: Explainer, vid: str) -> JSON:
     return body
 
 
-def _events(ex: Explainer, model: AttachmentModel, observed: Observed, times: Times) -> list[JSON]:
+def _events(
+    ex: Explainer,
+    model: AttachmentModel,
+    observed: Observed,
+    times: Times,
+    no_session: bool = False,
+) -> list[JSON]:
     d, nodes = ATTACHMENT, ex.nodes
     holder = model.node or ""
     out = []
     if model.state == "stale":
-        evidence = nodes.evidence(holder)
-        p = ex.input(holder, evidence=evidence, reason=nodes.describe(holder))
+        evidence = nodes.evidence(holder) or no_session
+        reason = nodes.describe(holder)
+        if no_session and not nodes.evidence(holder):
+            reason += "; no NVMe/TCP session of its host to the volume on the appliance"
+        p = ex.input(holder, evidence=evidence, reason=reason)
         out.append(mx.outcome(d, model, "reconcile", p, times))
         p = ex.input(holder, reason=f"if node {holder} is Ready again")
         out.append(mx.outcome(d, model, "node_ready", p, times))
@@ -108,6 +133,7 @@ def _next_step(
     events: list[JSON],
     times: Times,
     view: ApplianceView | None,
+    sessions_now: str = "",
 ) -> JSON:
     state = model.state or ""
     holder = model.node or ""
@@ -132,7 +158,7 @@ def _next_step(
             "blocked_by": [],
             "ways_out": mx.ways_out(ATTACHMENT, model, state, for_holder, times),
         }
-    nxt["summary"] = summary(model, nxt, ex.nodes)
+    nxt["summary"] = summary(model, nxt, ex.nodes, sessions_now)
     if view is not None and view.connection.state != "connected":
         blocker = connection_blocker(view, ex.clock, times)
         if publish is not None or nxt["status"] != "at rest":

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter
 from ..machines.attachment import AttachmentModel
 from ..machines.connection import ConnectionModel
 from ..machines.engine import Step
+from ..machines.orphan import OrphanModel
 
 log = logging.getLogger("rdscsi.events")
 
@@ -219,6 +220,82 @@ class EventListener:
             )
         )
 
+    def NodeFenced(self, step: Step) -> None:
+        self._attachment(
+            step,
+            "NodeFenced",
+            WARNING,
+            "Fence",
+            lambda v, n: (
+                f"volume {v.volume_id}: node {n or '(unknown)'} taken off the appliance's "
+                f"allow-list (host {getattr(step.payload, 'nqn', '')}): it can no longer connect"
+            ),
+        )
+
+    def FenceRepaired(self, step: Step) -> None:
+        self._attachment(
+            step,
+            "FenceRepaired",
+            WARNING,
+            "Fence",
+            lambda v, n: (
+                f"volume {v.volume_id}: host {getattr(step.payload, 'nqn', '')} "
+                f"({'node ' + n if n else 'no node reports it'}) was on the appliance's "
+                "allow-list but does not hold the volume: taken off"
+            ),
+        )
+
+    def _orphan(self, step: Step, reason: str, type_: str, action: str, note: str) -> None:
+        orphan = step.model
+        assert isinstance(orphan, OrphanModel)
+        # related: the PV that would claim it (so each volume's events are their own series)
+        self.sink.emit(
+            ClusterEvent(
+                reason,
+                type_,
+                ObjectRef("Appliance", orphan.appliance),
+                f"RDS {orphan.appliance}: {orphan.kind} {orphan.name}: {note}",
+                action,
+                _pv(orphan.volume) if orphan.volume else None,
+            )
+        )
+
+    def OrphanSuspected(self, step: Step) -> None:
+        self._orphan(
+            step,
+            "OrphanSuspected",
+            WARNING,
+            "Report",
+            "no PersistentVolume, VolumeSnapshotContent or operation in flight claims it",
+        )
+
+    def OrphanQuarantined(self, step: Step) -> None:
+        self._orphan(
+            step,
+            "OrphanQuarantined",
+            WARNING,
+            "Quarantine",
+            "unclaimed past the minimum age: renamed into quarantine, export disabled",
+        )
+
+    def OrphanDeleted(self, step: Step) -> None:
+        self._orphan(
+            step,
+            "OrphanDeleted",
+            WARNING,
+            "Delete",
+            "quarantined for the retention period and still unclaimed: deleted",
+        )
+
+    def OrphanRestored(self, step: Step) -> None:
+        self._orphan(
+            step,
+            "OrphanRestored",
+            NORMAL,
+            "Restore",
+            "a claimant appeared: taken out of quarantine, exported again",
+        )
+
     def _appliance(self, step: Step, reason: str, type_: str, note: str) -> None:
         conn = step.model
         assert isinstance(conn, ConnectionModel)
@@ -268,6 +345,12 @@ REASONS = frozenset(
         "RDSDisconnected",
         "RDSReconnected",
         "RDSMisconfigured",
+        "NodeFenced",
+        "FenceRepaired",
+        "OrphanSuspected",
+        "OrphanQuarantined",
+        "OrphanDeleted",
+        "OrphanRestored",
         # Not a transition: the node service posts it when a volume's record is unreadable.
         "NodeRecordUnreadable",
     }

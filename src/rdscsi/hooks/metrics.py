@@ -3,19 +3,22 @@
 Per machine: `rds_csi_<machine>_state{state}` (objects in each state),
 `rds_csi_fsm_transitions_total{machine,source,target,event}` and
 `rds_csi_fsm_time_in_state_seconds{machine,state}` (observed when a state is left).
-From named hooks: appliance reconnects and rejected configurations (labelled with the
-appliance's name), and stale-attachment clearing.
+From named hooks, labelled with the appliance's name: appliance reconnects and rejected
+configurations, the fence's changes and repairs, and the orphan sweep's actions; and
+stale-attachment clearing.
 Label children are cached so a transition costs a few dictionary look-ups.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from ..machines.connection import ConnectionModel
 from ..machines.engine import FSMModel, MachineDef, Step
+from ..machines.orphan import OrphanModel
 
 RECONNECT_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 TIME_IN_STATE_BUCKETS = (0.01, 0.1, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0)
@@ -99,6 +102,35 @@ class MachineMetrics:
             "Node operations that failed or timed out half-way, leaving the volume uncertain",
             registry=registry,
         )
+        self.fence_changes = Counter(
+            "rds_csi_fence_changes_total",
+            "Host NQNs put on (add) or taken off (remove) a disk's allow-list, per appliance",
+            ["appliance", "change"],
+            registry=registry,
+        )
+        self.fence_repairs = Counter(
+            "rds_csi_fence_repairs_total",
+            "Allow-list entries the reconciler corrected to the cluster's view (after a crash "
+            "between fence steps, or a hand edit), per appliance",
+            ["appliance"],
+            registry=registry,
+        )
+        self.orphan_actions = Counter(
+            "rds_csi_orphan_actions_total",
+            "Orphan sweep actions on unclaimed objects of this driver, per appliance",
+            ["appliance", "action"],
+            registry=registry,
+        )
+        # A volume id's appliance (the fleet sets it: `<appliance>:<slot>`, or the default's).
+        self.appliance_of: Callable[[str], str] = lambda volume_id: "unknown"
+
+    def preset(self, appliance: str) -> None:
+        """The fence's and sweep's series of an appliance, at 0 from the start."""
+        for change in ("add", "remove"):
+            self.fence_changes.labels(appliance, change)
+        self.fence_repairs.labels(appliance)
+        for action in ORPHAN_ACTIONS.values():
+            self.orphan_actions.labels(appliance, action)
 
 
 # Hook name -> reconcile action label.
@@ -107,6 +139,15 @@ RECONCILE_ACTIONS = {
     "recovered": "recover",
     "stale_cleared": "clear_stale",
     "migration_expired": "expire_migration",
+}
+
+
+# Hook name -> orphan action label.
+ORPHAN_ACTIONS = {
+    "orphan_suspected": "suspect",
+    "orphan_quarantined": "quarantine",
+    "orphan_deleted": "delete",
+    "orphan_restored": "restore",
 }
 
 
@@ -192,3 +233,33 @@ class MetricsListener:
     def stale_cleared(self, step: Step) -> None:
         self._actions["stale_cleared"].inc()
         self.m.stale_cleared.inc()
+
+    def _appliance(self, step: Step) -> str:
+        model = step.model
+        if isinstance(model, OrphanModel):
+            return model.appliance
+        return self.m.appliance_of(getattr(model, "volume_id", ""))
+
+    def fence_added(self, step: Step) -> None:
+        self.m.fence_changes.labels(self._appliance(step), "add").inc()
+
+    def fence_removed(self, step: Step) -> None:
+        self.m.fence_changes.labels(self._appliance(step), "remove").inc()
+
+    def fence_repaired(self, step: Step) -> None:
+        self.m.fence_repairs.labels(self._appliance(step)).inc()
+
+    def _orphan(self, step: Step, hook: str) -> None:
+        self.m.orphan_actions.labels(self._appliance(step), ORPHAN_ACTIONS[hook]).inc()
+
+    def orphan_suspected(self, step: Step) -> None:
+        self._orphan(step, "orphan_suspected")
+
+    def orphan_quarantined(self, step: Step) -> None:
+        self._orphan(step, "orphan_quarantined")
+
+    def orphan_deleted(self, step: Step) -> None:
+        self._orphan(step, "orphan_deleted")
+
+    def orphan_restored(self, step: Step) -> None:
+        self._orphan(step, "orphan_restored")

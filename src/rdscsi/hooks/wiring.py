@@ -1,4 +1,4 @@
-"""Builds the three engines with their listeners: the one place hooks meet machines."""
+"""Builds the engines with their listeners: the one place hooks meet machines."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ..machines import (
     ConnectionMachine,
     NodeMachine,
     NodeVolumeMachine,
+    OrphanMachine,
 )
 from ..machines.engine import Engine, compile_machine
 from .events import EventListener, EventSink
@@ -28,6 +29,7 @@ class Machines:
     node: Engine
     attachment: Engine
     node_volume: Engine
+    orphan: Engine
     metrics: MachineMetrics
     recorder: FlightRecorder  # the last transitions of every object (`rdscsi explain`)
 
@@ -59,6 +61,7 @@ def build_machines(
         node=engine(NodeMachine),
         attachment=engine(AttachmentMachine),
         node_volume=engine(NodeVolumeMachine),
+        orphan=engine(OrphanMachine),
         metrics=metrics,
         recorder=recorder,
     )

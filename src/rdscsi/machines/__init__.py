@@ -4,6 +4,7 @@
 - `node.NodeMachine`: one per Kubernetes node seen.
 - `attachment.AttachmentMachine`: one per volume (controller).
 - `volume.NodeVolumeMachine`: one per volume on a node (node plugin).
+- `orphan.OrphanMachine`: one per unclaimed appliance object of this driver (the sweep).
 
 `engine` compiles them into dispatch tables run over light per-object models;
 `diagrams` exports them into `specs/`.
@@ -27,6 +28,7 @@ from .engine import (
     compile_machine,
 )
 from .node import NodeInput, NodeMachine, NodeModel
+from .orphan import OrphanInput, OrphanMachine, OrphanModel
 from .volume import NodeVolumeInput, NodeVolumeMachine, NodeVolumeModel
 
 MACHINES: tuple[type[StateMachine], ...] = (
@@ -34,6 +36,7 @@ MACHINES: tuple[type[StateMachine], ...] = (
     NodeMachine,
     AttachmentMachine,
     NodeVolumeMachine,
+    OrphanMachine,
 )
 
 __all__ = [
@@ -56,6 +59,9 @@ __all__ = [
     "NodeVolumeInput",
     "NodeVolumeMachine",
     "NodeVolumeModel",
+    "OrphanInput",
+    "OrphanMachine",
+    "OrphanModel",
     "Step",
     "Transition",
     "TransitionNotAllowed",

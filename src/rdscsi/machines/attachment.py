@@ -10,6 +10,15 @@ ControllerPublish/Unpublish send `publish`/`unpublish`; the reconciler sends the
 Times come from the cluster's objects where they exist (`AttachInput.since`): a node is
 stale from its Ready condition's last transition, a migration's deadline runs from the
 target's VolumeAttachment creation. Any replica, and the next leader, then dates them alike.
+
+The fence (`rds.fence=allow-host`, docs/fencing.md): `fenced` is the set of host NQNs on the
+disk's allow-list, the data plane's own record of who may connect. Its steps are guarded so
+that a node is never taken off while it holds the volume, and a host is never put on while
+the list already holds as many hosts as nodes hold the volume: a single-node volume's new
+holder goes on only after the old one came off (a migration holds two). ControllerPublish
+sends `fence` after `publish` (and `fence_out` first for hosts the machine let go of);
+ControllerUnpublish `unfence`; the reconciler `fence_out` for nodes it released and
+`repair_fence`/`repair_unfence` where the appliance's list disagrees with the cluster.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ DEFAULT_MIGRATION_S = 300.0
 
 
 class AttachmentModel(FSMModel):
-    __slots__ = ("deadline", "node", "peer", "rwx_block", "stale_since", "volume_id")
+    __slots__ = ("deadline", "fenced", "node", "peer", "rwx_block", "stale_since", "volume_id")
 
     def __init__(self, volume_id: str) -> None:
         super().__init__()
@@ -36,6 +45,7 @@ class AttachmentModel(FSMModel):
         self.rwx_block = False  # read-write-many block volume: may migrate
         self.stale_since: float | None = None
         self.deadline: float | None = None  # migration must finish by then
+        self.fenced: frozenset[str] = frozenset()  # host NQNs on the disk's allow-list
 
     @property
     def key(self) -> str:
@@ -58,6 +68,7 @@ class AttachInput:
     # created), on the monotonic clock; None: now.
     since: float | None = None
     reason: str = ""  # why it was sent, as the flight recorder keeps it
+    nqn: str = ""  # fence steps: the host NQN put on or taken off (`node` its owner, "" unknown)
 
     @property
     def started(self) -> float:
@@ -114,6 +125,33 @@ class AttachmentMachine(StateMachine):
         | migrating.to(attached, cond="deadline_passed", on="drop_peer", after=["MigrationFailed", "migration_expired"])       # past the deadline: back to the source
         | migrating.to(migrating)                                                                       # migration still within its deadline
     )
+    # --- the appliance's allow-list (rds.fence=allow-host) -------------------------------------------------------------------
+    fence = (
+          attached.to(attached, cond="admissible", on="admit", after="fence_added")                     # ControllerPublish: the holder may connect
+        | migrating.to(migrating, cond="admissible", on="admit", after="fence_added")                   # a live migration: both ends may connect
+    )
+    unfence = (
+          detached.to(detached, cond="releasable", on="expel", after="fence_removed")                   # ControllerUnpublish: the node let go
+        | attached.to(attached, cond="releasable", on="expel", after="fence_removed")                   # the other end of a finished migration
+        | migrating.to(migrating, cond="releasable", on="expel", after="fence_removed")                 # not an end of the migration
+        | stale.to(stale, cond="releasable", on="expel", after="fence_removed")                         # not the suspect holder
+    )
+    fence_out = (
+          detached.to(detached, cond="releasable", on="expel", after=["NodeFenced", "fence_removed"])   # a stale holder cleared: it can no longer connect
+        | attached.to(attached, cond="releasable", on="expel", after=["NodeFenced", "fence_removed"])   # a migration's end dropped (deadline, node lost)
+        | migrating.to(migrating, cond="releasable", on="expel", after=["NodeFenced", "fence_removed"]) # released before a new migration began
+        | stale.to(stale, cond="releasable", on="expel", after=["NodeFenced", "fence_removed"])         # released before the holder went stale
+    )
+    repair_fence = (
+          attached.to(attached, cond="admissible", on="admit", after=["fence_added", "fence_repaired"])         # a holder missing from the list (a publish cut short)
+        | migrating.to(migrating, cond="admissible", on="admit", after=["fence_added", "fence_repaired"])       # a migration's end missing from the list
+    )
+    repair_unfence = (
+          detached.to(detached, cond="releasable", on="expel", after=["FenceRepaired", "fence_removed", "fence_repaired"])    # a host on the list of a volume nobody holds
+        | attached.to(attached, cond="releasable", on="expel", after=["FenceRepaired", "fence_removed", "fence_repaired"])    # a host beside the holder
+        | migrating.to(migrating, cond="releasable", on="expel", after=["FenceRepaired", "fence_removed", "fence_repaired"])  # a host beside both ends
+        | stale.to(stale, cond="releasable", on="expel", after=["FenceRepaired", "fence_removed", "fence_repaired"])          # a host beside the suspect holder
+    )
     # fmt: on
 
     # Who sends each event: what `rdscsi explain` and specs/ say starts it.
@@ -123,6 +161,11 @@ class AttachmentMachine(StateMachine):
         "node_lost": "the reconciler: node {p.node} went NotReady or was deleted",
         "node_ready": "the reconciler: node {p.node} is Ready again",
         "reconcile": "the reconciler's pass (the leader: on a change, at a deadline, every resync)",
+        "fence": "ControllerPublishVolume for node {p.node}: its host {p.nqn} goes on the disk's allow-list before the answer",
+        "unfence": "ControllerUnpublishVolume from node {p.node}: its host {p.nqn} comes off the disk's allow-list",
+        "fence_out": "the reconciler or the next ControllerPublishVolume: node {p.node} was released (cleared, dropped from a migration), so its host {p.nqn} comes off first",
+        "repair_fence": "the reconciler's sweep: holder {p.node}'s host {p.nqn} is missing from the disk's allow-list",
+        "repair_unfence": "the reconciler's sweep: host {p.nqn} is on the disk's allow-list but no node holds the volume through it",
     }
 
     # --- guards -----------------------------------------------------------------------------------
@@ -186,7 +229,8 @@ class AttachmentMachine(StateMachine):
         Evidence(
             lambda m, p: p.evidence,
             "evidence that node {model.node} is gone: the Node deleted, or tainted "
-            "node.kubernetes.io/out-of-service",
+            "node.kubernetes.io/out-of-service, or (rds.fence allow-host) no NVMe/TCP session "
+            "of its host to the volume in the appliance's listing",
         ),
         After(
             lambda m, p: None if m.stale_since is None else p.grace_s - (p.now - m.stale_since),
@@ -207,6 +251,45 @@ class AttachmentMachine(StateMachine):
     )
     def deadline_passed(model: AttachmentModel, p: AttachInput) -> bool:
         return model.deadline is not None and p.now >= model.deadline
+
+    @staticmethod
+    @explained(
+        "host {p.nqn} of node {p.node} may go on the disk's allow-list",
+        Fact(lambda m, p: bool(p.nqn), "node {p.node}'s host NQN is known"),
+        Fact(
+            lambda m, p: p.node in m.nodes,
+            "node {p.node} holds the volume (holders: {model.nodes})",
+        ),
+        Fact(lambda m, p: p.nqn not in m.fenced, "host {p.nqn} is not on the list already"),
+        Fact(
+            lambda m, p: len(m.fenced) < len(m.nodes),
+            "the list holds fewer hosts than nodes hold the volume (on it: {model.fenced}): "
+            "an old holder comes off before a new one goes on",
+        ),
+    )
+    def admissible(model: AttachmentModel, p: AttachInput) -> bool:
+        # Only a holder goes on, and never while the list holds as many hosts as nodes hold
+        # the volume: a single-node volume's old holder must be off first.
+        return (
+            bool(p.nqn)
+            and p.node in model.nodes
+            and p.nqn not in model.fenced
+            and len(model.fenced) < len(model.nodes)
+        )
+
+    @staticmethod
+    @explained(
+        "host {p.nqn} of node {p.node} may come off the disk's allow-list",
+        Fact(lambda m, p: p.nqn in m.fenced, "host {p.nqn} is on the list"),
+        Fact(
+            lambda m, p: p.node not in m.nodes,
+            "node {p.node} does not hold the volume (holders: {model.nodes}): a holder, a "
+            "stale one included, is never fenced out",
+        ),
+    )
+    def releasable(model: AttachmentModel, p: AttachInput) -> bool:
+        # Never a node that holds the volume (a stale holder included): only what is on comes off.
+        return p.nqn in model.fenced and p.node not in model.nodes
 
     # --- actions ----------------------------------------------------------------------------------
     @staticmethod
@@ -239,3 +322,11 @@ class AttachmentMachine(StateMachine):
     @staticmethod
     def unmark_stale(model: AttachmentModel, p: AttachInput) -> None:
         model.stale_since = None
+
+    @staticmethod
+    def admit(model: AttachmentModel, p: AttachInput) -> None:
+        model.fenced = model.fenced | {p.nqn}
+
+    @staticmethod
+    def expel(model: AttachmentModel, p: AttachInput) -> None:
+        model.fenced = model.fenced - {p.nqn}

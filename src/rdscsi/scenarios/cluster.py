@@ -43,14 +43,20 @@ from ..csi import csi_pb2 as pb
 from ..csi import csi_pb2_grpc
 from ..hooks.events import MemorySink
 from ..io.host import mounts
+from ..io.host.identity import ensure_identity, nvme_dir
 from ..io.host.loop import LoopTransport
+from ..io.host.transport import Target, TransportError
 from ..io.kube.client import api_client
 from ..io.kube.events import KubeRef
+from ..io.kube.nodes import host_nqn_annotation
 from ..io.kube.wire import parse_time
+from ..io.rds.fence import parse_allow_list
 from ..machines.node import OUT_OF_SERVICE_TAINT
 from ..run import node_support
 from ..serve import InCluster, in_cluster
 from ..sim import SimConfig, Simulator
+from ..sim.admission import SimAdmission
+from ..sim.control import ControlServer
 from ..sim.main import ensure_client_key
 from ..testing.kubeapi import FakeKube
 from ..testing.kubeapi import objects as k8s
@@ -124,10 +130,18 @@ class NodePlugin:
     """One node: its plugin (as `rdscsi serve --node`), and the kubelet's calls to it."""
 
     def __init__(
-        self, name: str, root: Path, files: Path, socket: Path, narrator: Narrator
+        self,
+        name: str,
+        root: Path,
+        files: Path,
+        socket: Path,
+        narrator: Narrator,
+        control: Path,
     ) -> None:
         self.name = name
         self.root = root
+        self.host = root / "host"  # its NVMe host identity (<host>/etc/nvme), as node-init makes
+        self.control = control  # the simulator's control socket: admission at each connect
         self.files = files  # the simulator's files
         self.view = root / "appliance"  # this node's way to them (a bind mount)
         self.kubelet = root / "kubelet"
@@ -150,6 +164,9 @@ class NodePlugin:
             endpoint=f"unix://{self.socket}",
             transport="loop",
             loop_root=str(self.view),
+            # its host NQN, and the appliance's allow-list asked at each connect
+            host_nqn_file=str(nvme_dir(self.host) / "hostnqn"),
+            loop_control=str(self.control),
             node_state_dir=str(self.root / "state"),
             kubelet_dir=str(self.kubelet),
             rds=ApplianceConfig(name="sim"),
@@ -278,6 +295,8 @@ class Cluster:
     clock: LoopClock = field(default_factory=LoopClock)
     kube: FakeKube | None = None
     sim: Simulator | None = None
+    control: ControlServer | None = None  # the simulator's control socket (admission)
+    host_nqns: dict[str, str] = field(default_factory=dict)  # node -> its NVMe host NQN
     controller: InCluster | None = None
     sidecars: OneDriver | None = None
     nodes: dict[str, NodePlugin] = field(default_factory=dict)
@@ -314,7 +333,8 @@ class Cluster:
     async def start(self) -> None:
         self.node_service, self.why_no_nodes = node_support()
         self.sockets = self.root / "sockets"
-        longest = max(len(f"{self.sockets / n}.sock".encode()) for n in ("controller", *NODES))
+        names = ("controller", "appliance", *NODES)
+        longest = max(len(f"{self.sockets / n}.sock".encode()) for n in names)
         if longest > UNIX_PATH_MAX:
             # a deep directory: sockets go where their paths fit (removed at the end)
             self.sockets = Path(tempfile.mkdtemp(prefix="rdscsi-demo-"))
@@ -324,14 +344,26 @@ class Cluster:
         self.kube = FakeKube()
         await self.kube.start()
         for name in NODES:
-            self.kube.put(k8s.node(name, ready=True, since=self.clock.wall()))
+            # each node's NVMe host identity, made once as `rdscsi node-init` makes it
+            identity = ensure_identity(self.root / "nodes" / name / "host")
+            self.host_nqns[name] = identity.hostnqn
+            self.kube.put(
+                k8s.node(name, ready=True, since=self.clock.wall(), annotations=self._noted(name))
+            )
         n.ok(f"a Kubernetes API (built in, {self.kube.url}): Nodes {' and '.join(NODES)}, Ready")
+        n.note(
+            "each Node carries its NVMe host NQN (annotation "
+            f"{host_nqn_annotation(DRIVER)}, as its node plugin reports it): the controller "
+            "puts the holder's on the disk's allow-list (rds.fence: allow-host)"
+        )
         kubeconfig = self.kube.kubeconfig(self.root / "kubeconfig")
         sim_dir = self.root / "sim"
         sim_dir.mkdir(parents=True)
         key_file, authorized = ensure_client_key(sim_dir)
         self.sim = Simulator(SimConfig(data_dir=sim_dir, authorized_keys_file=authorized))
         await self.sim.start()
+        self.control = ControlServer(self.sim, self.control_socket)
+        await self.control.start()
         n.ok(f"the appliance: the RDS simulator on {self.sim.host}:{self.sim.port}, over SSH")
         config = DriverConfig(
             name=DRIVER,
@@ -391,6 +423,7 @@ class Cluster:
                 self.sim.store.files_root,
                 self.sockets / f"{name}.sock",
                 n,
+                self.control_socket,
             )
             self.nodes[name] = node
             await node.start()
@@ -407,6 +440,8 @@ class Cluster:
             await self.sidecars.close()
         if self.controller is not None:
             await self.controller.stop()
+        if self.control is not None:
+            await self.control.stop()
         if self.sim is not None:
             await self.sim.stop()
         if self.kube is not None:
@@ -419,8 +454,47 @@ class Cluster:
     def set_node(
         self, name: str, ready: bool, since: float, taints: list[dict[str, str]] | None = None
     ) -> None:
-        """The Node as the kubelet / node lifecycle controller writes it."""
-        self.api.put(k8s.node(name, ready=ready, taints=taints or [], since=since))
+        """The Node as the kubelet / node lifecycle controller writes it (its node plugin's
+        host NQN annotation kept)."""
+        self.api.put(
+            k8s.node(
+                name, ready=ready, taints=taints or [], since=since, annotations=self._noted(name)
+            )
+        )
+
+    @property
+    def control_socket(self) -> Path:
+        """The simulator's control socket (beside the CSI sockets: a path that fits)."""
+        return self.sockets / "appliance.sock"
+
+    def _noted(self, name: str) -> dict[str, str]:
+        nqn = self.host_nqns.get(name)
+        return {host_nqn_annotation(DRIVER): nqn} if nqn else {}
+
+    def allow_list(self, vid: str) -> list[str]:
+        """The host NQNs on the volume's disk's allow-list, as the appliance holds it."""
+        disk = self.appliance.store.disks.get(vid)
+        text = disk.nvme_tcp_server_allow_host_name if disk is not None else ""
+        return sorted(parse_allow_list(text).hosts)  # NO_HOST (nobody) left out
+
+    async def admitted(self, node: str, vid: str) -> str | None:
+        """Ask the appliance, as `node`'s host would at `nvme connect`, to connect to the
+        volume's export: None if admitted (then it leaves again), else why it was refused."""
+        disk = self.appliance.store.disks.get(vid)
+        if disk is None:
+            return "no such export"
+        admission = SimAdmission(self.control_socket, self.host_nqns[node])
+        target = Target(vid, disk.nvme_tcp_server_nqn)
+        try:
+            await admission.admit(target)
+        except TransportError as exc:
+            return str(exc).rpartition("refused the connection: ")[2]  # the appliance's words
+        await admission.leave(target)
+        return None
+
+    def host_of(self, nqn: str) -> str:
+        """The node whose host NQN `nqn` is (or the NQN itself)."""
+        return next((n for n, q in self.host_nqns.items() if q == nqn), nqn)
 
     async def explain(self, *what: str) -> str:
         """What `rdscsi explain WHAT` prints about the controller now (the command itself)."""

@@ -23,6 +23,8 @@ Out = Callable[[str], None]
 # idempotent repeats and waits.
 NOTABLE_LOOPS = frozenset({"AttachmentConflict"})
 NOTABLE_EVENTS = frozenset({"taint_out_of_service", "untaint_out_of_service"})
+# The fence's steps on the appliance's allow-list: each names the node whose host it moves.
+FENCE_EVENTS = frozenset({"fence", "unfence", "fence_out", "repair_fence", "repair_unfence"})
 WHERE_WIDTH = 10
 WIDTH = 96  # columns the narration is wrapped at
 
@@ -43,6 +45,7 @@ class Seen:
     event: str
     target: str
     hooks: tuple[str, ...]
+    node: str = ""  # a fence step: the node whose host NQN it put on or took off
 
 
 def short(key: str) -> str:
@@ -62,7 +65,9 @@ class MachineListener:
     def after_transition(self, step: Step) -> None:
         hooks = step.transition.hooks
         changed = step.source != step.target
-        if not changed and not (NOTABLE_LOOPS & set(hooks) or step.event in NOTABLE_EVENTS):
+        fence = step.event in FENCE_EVENTS
+        notable = NOTABLE_LOOPS & set(hooks) or step.event in NOTABLE_EVENTS or fence
+        if not changed and not notable:
             return
         self.narrator.transition(
             Seen(
@@ -74,6 +79,7 @@ class MachineListener:
                 step.event,
                 step.target,
                 hooks,
+                str(getattr(step.payload, "node", "") or "") if fence else "",
             )
         )
 
@@ -106,6 +112,8 @@ class Narrator:
             return
         flags = [h for h in seen.hooks if h[:1].isupper()]  # the hooks that are events
         said = f"  ({', '.join(flags)})" if flags else ""
+        if seen.node:
+            said = f" [host of {seen.node}]{said}"
         self.out(
             f"    {seen.at:5.1f}s {seen.where:<{WHERE_WIDTH}} {seen.machine} "
             f"{short(seen.key)}: {seen.source} --{seen.event}--> {seen.target}{said}"
@@ -187,6 +195,14 @@ class Narrator:
             if (seen.where, seen.machine, seen.key, seen.target) == (where, machine, key, target):
                 return seen
         return None
+
+    def fence_steps(self, key: str, since: int = 0) -> list[tuple[int, Seen]]:
+        """The controller's fence steps for volume `key` (with their places in the record)."""
+        return [
+            (i, s)
+            for i, s in enumerate(self.seen)
+            if i >= since and s.where == "controller" and s.key == key and s.event in FENCE_EVENTS
+        ]
 
     async def saw(
         self,

@@ -15,7 +15,9 @@ ABOUT = (
     "A pod on node-a writes to its volume, then node-a dies. Nobody removes a finalizer or a "
     "VolumeAttachment by hand: once the driver has evidence that node-a is gone (the "
     "out-of-service taint) and the grace period has passed since node-a went NotReady, it "
-    "releases the volume, and the pod's volume comes up on node-b with its data."
+    "releases the volume, takes node-a off the disk's allow-list on the appliance (fencing: "
+    "node-a could not reconnect were it to come back), and only then lets node-b on; the "
+    "pod's volume comes up on node-b with its data."
 )
 
 
@@ -46,6 +48,9 @@ async def run(c: Cluster, undo: Undo) -> None:
     await n.saw("controller", "node", "node-a", "not_ready", since=mark)
     await n.saw("controller", "attachment", vol.id, "stale", since=mark)
     n.note("stale: node-a may only be cut off, and still writing; the volume stays where it is")
+    holder = c.host_nqns.get("node-a", "")
+    n.expect(c.allow_list(vol.id) == [holder], f"allow-list {c.allow_list(vol.id)}, not node-a's")
+    n.ok("the disk's allow-list on the appliance: node-a's host only (a stale holder stays on)")
     mark = n.mark()
     try:
         await c.k8s.attach(vol.id, vol.pv, "node-b")
@@ -113,10 +118,36 @@ async def run(c: Cluster, undo: Undo) -> None:
         "node-a's VolumeAttachment is still there: nothing can detach from a dead node, and "
         "the driver no longer waits for it"
     )
+    mark_fence = n.mark()
+    await n.until(
+        lambda: any(s.event == "fence_out" for _, s in n.fence_steps(vol.id, since=mark)),
+        "node-a taken off the disk's allow-list",
+    )
+    fenced = next(i for i, s in n.fence_steps(vol.id, since=mark) if s.event == "fence_out")
+    n.expect(c.allow_list(vol.id) == [], f"allow-list after the release: {c.allow_list(vol.id)}")
+    n.ok(
+        "fenced: node-a's host taken off the disk's allow-list (NodeFenced), no host on it "
+        "now; "
+        "the appliance refuses node-a from here on, should it come back and reconnect"
+    )
+    refused = await c.admitted("node-a", vol.id)
+    n.expect(refused is not None, "the appliance admitted node-a's host after the fence")
+    n.ok(f"node-a's host asks the appliance to connect, as at `nvme connect`: {refused}")
     await c.events()
 
     n.step("The volume comes up on node-b")
     await attach(c, undo, vol, "node-b")
+    steps = n.fence_steps(vol.id, since=mark_fence)
+    on = [i for i, s in steps if s.event == "fence" and s.node == "node-b"]
+    n.expect(bool(on) and on[0] > fenced, "node-b went on the allow-list before node-a came off")
+    n.expect(
+        c.allow_list(vol.id) == [c.host_nqns.get("node-b", "")],
+        f"allow-list {c.allow_list(vol.id)}, not node-b's host alone",
+    )
+    n.ok(
+        "the disk's allow-list: node-b's host alone, put on after node-a's came off (never "
+        "two holders of a single-node volume on it)"
+    )
     if b is not None:
         target = await use(c, undo, vol, b)
         got = (target / "data.txt").read_text()
@@ -132,5 +163,6 @@ async def run(c: Cluster, undo: Undo) -> None:
     where_now = "in use on node-b, with its data" if b is not None else "attached to node-b"
     n.para(
         f"\nnode-a went NotReady at {n.since(lost):.1f} s; {moved:.1f} s later its volume was "
-        f"{where_now}. The one outside action was the out-of-service taint."
+        f"{where_now}. The one outside action was the out-of-service taint; the appliance "
+        "itself keeps node-a out."
     )

@@ -28,6 +28,8 @@ from rdscsi.sim.render import (
     render_files,
     render_items,
     render_monitor,
+    render_terse,
+    restrict,
 )
 from rdscsi.sim.store import Disk, Store, Traffic
 from rdscsi.sim.syntax import Command, Condition, Value, parse
@@ -46,7 +48,8 @@ from rdscsi.sim.views import (
 
 DISK_TYPES = frozenset({"file", "tmpfs", "raid", "partition", "nfs", "smb", "iscsi", "nvme-tcp"})
 DEFAULT_NQN_PREFIX = "nqn.2000-02.com.mikrotik:"
-_PRINT_FLAGS = frozenset({"detail", "without-paging", "count-only"})
+_PRINT_FLAGS = frozenset({"detail", "without-paging", "count-only", "terse"})
+_PRINT_ARGS = frozenset({"proplist"})
 _EXPORT_ARGS = frozenset(
     {
         "nvme-tcp-export",
@@ -56,7 +59,8 @@ _EXPORT_ARGS = frozenset(
     }
 )
 _ADD_ARGS = _EXPORT_ARGS | {"type", "file-path", "file-size", "slot", "copy-from", "comment"}
-_SET_ARGS = _EXPORT_ARGS | {"file-size", "numbers", "comment"}
+_SET_ARGS = _EXPORT_ARGS | {"file-size", "numbers", "comment", "slot"}
+_FILE_SET_ARGS = frozenset({"numbers", "name"})
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,17 @@ def _text(value: Value | None) -> str | None:
     return value.text
 
 
+def _proplist(args: _Args, known: frozenset[str]) -> list[str] | None:
+    """`proplist=a,b`: the properties to print (each one the menu has), or None: all."""
+    value = args.named.get("proplist")
+    if value is None:
+        return None
+    keys = [k.strip() for k in value.text.split(",")]
+    if not all(keys) or any(k not in known for k in keys):
+        raise no_matching_value("proplist")
+    return keys
+
+
 class Interpreter:
     def __init__(
         self,
@@ -205,6 +220,7 @@ class Interpreter:
             (("disk",), "monitor-traffic"): self._disk_monitor,
             (("file",), "print"): self._file_print,
             (("file",), "remove"): self._file_remove,
+            (("file",), "set"): self._file_set,
             (("interface", "nvme-tcp", "connection"), "print"): self._connection_print,
         }
 
@@ -314,6 +330,9 @@ class Interpreter:
         comment = _text(args.named.get("comment"))
         if comment is not None:
             changes["comment"] = comment
+        new_slot = _text(args.named.get("slot"))
+        if new_slot is not None and not new_slot:
+            raise failure(INVALID_PARAMETER)
         if ref is None:
             raise failure(NO_SUCH_ITEM)
         async with self.store.lock:
@@ -322,11 +341,15 @@ class Interpreter:
                 # RouterOS itself may ignore an empty set; the driver relies on hearing it.
                 raise failure(NO_SUCH_ITEM)
             disks = [self._file_disk(slot) for slot in slots]
+            if new_slot is not None and len(disks) > 1:
+                raise failure(INVALID_PARAMETER)  # two disks cannot take one name
             for disk in disks:
                 if size is not None:
                     self.store.grow(disk.slot, size, self.pool_full())
                 if changes:
                     self.store.update(disk.slot, **changes)
+                if new_slot is not None:
+                    self.store.rename_disk(disk.slot, new_slot)
         return Outcome("", True)
 
     async def _disk_remove(self, command: Command) -> Outcome:
@@ -341,11 +364,15 @@ class Interpreter:
         return Outcome("", True)
 
     async def _disk_print(self, command: Command) -> Outcome:
-        args = _split_args(command, (), flags=_PRINT_FLAGS)
+        args = _split_args(command, _PRINT_ARGS, flags=_PRINT_FLAGS)
+        keys = _proplist(args, DISK_KEYS)
         items = _select(self._disk_items(command.where or ()), command.where or (), DISK_KEYS)
         if "count-only" in args.flags:
             return Outcome(f"{len(items)}\n", True)
-        return Outcome(render_items([item for _, item in items], self.render), True)
+        shown = [restrict(item, keys) for _, item in items]
+        if "terse" in args.flags:
+            return Outcome(render_terse(shown), True)
+        return Outcome(render_items(shown, self.render), True)
 
     async def _disk_monitor(self, command: Command) -> Outcome:
         args = _split_args(command, (), positional=1, flags={"once"})
@@ -371,11 +398,15 @@ class Interpreter:
         return [(info.name, file_item(info, self.date_style)) for info in self.store.list_files()]
 
     async def _file_print(self, command: Command) -> Outcome:
-        args = _split_args(command, (), flags=_PRINT_FLAGS)
+        args = _split_args(command, _PRINT_ARGS, flags=_PRINT_FLAGS)
+        keys = _proplist(args, FILE_KEYS)
         items = _select(self._file_items(), command.where or (), FILE_KEYS)
         if "count-only" in args.flags:
             return Outcome(f"{len(items)}\n", True)
-        return Outcome(render_files([item for _, item in items], self.render), True)
+        shown = [restrict(item, keys) for _, item in items]
+        if "terse" in args.flags:
+            return Outcome(render_terse(shown), True)
+        return Outcome(render_files(shown, self.render), True)
 
     async def _file_remove(self, command: Command) -> Outcome:
         args = _split_args(command, {"numbers"}, positional=1)
@@ -396,13 +427,38 @@ class Interpreter:
                 self.store.remove_file(name)
         return Outcome("", True)
 
+    async def _file_set(self, command: Command) -> Outcome:
+        args = _split_args(command, _FILE_SET_ARGS, positional=1)
+        ref = args.positional[0] if args.positional else args.named.get("numbers")
+        new_name = _text(args.named.get("name"))
+        if ref is None:
+            raise failure(NO_SUCH_ITEM)
+        if not new_name:
+            raise failure(INVALID_PARAMETER)
+        async with self.store.lock:
+            if ref.find is not None:
+                names = [
+                    key for key, _ in _select(self._file_items(), ref.find.conditions, FILE_KEYS)
+                ]
+            else:
+                names = [ref.text]
+            if not names:
+                raise failure(NO_SUCH_ITEM)
+            if len(names) > 1:
+                raise failure(INVALID_PARAMETER)
+            self.store.rename_file(names[0], new_name)
+        return Outcome("", True)
+
     # --- NVMe/TCP sessions -------------------------------------------------------------
 
     async def _connection_print(self, command: Command) -> Outcome:
-        args = _split_args(command, (), flags=_PRINT_FLAGS)
+        args = _split_args(command, _PRINT_ARGS, flags=_PRINT_FLAGS)
+        keys = _proplist(args, CONNECTION_KEYS)
         items = [(str(conn.id), connection_item(conn)) for conn in self.store.connections]
         selected = _select(items, command.where or (), CONNECTION_KEYS)
         if "count-only" in args.flags:
             return Outcome(f"{len(selected)}\n", True)
-        rendered = render_items([item for _, item in selected], self.render, flags_legend=False)
-        return Outcome(rendered, True)
+        shown = [restrict(item, keys) for _, item in selected]
+        if "terse" in args.flags:
+            return Outcome(render_terse(shown), True)
+        return Outcome(render_items(shown, self.render, flags_legend=False), True)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from rdscsi.sim.errors import DeviceError
 from rdscsi.sim.render import RENDERS
 from rdscsi.sim.simulator import Simulator
 from rdscsi.sim.units import parse_size
@@ -66,6 +67,8 @@ class ControlServer:
             "clear": self._clear,
             "connect-host": self._connect_host,
             "disconnect-host": self._disconnect_host,
+            "admit-host": self._admit_host,
+            "leave-host": self._leave_host,
             "render": self._render,
             "pool-size": self._pool_size,
             "traffic": self._traffic,
@@ -208,6 +211,22 @@ class ControlServer:
             slot=request.get("slot"),
             host_nqn=request.get("host_nqn"),
         )
+        return {"removed": removed}
+
+    async def _admit_host(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A node connects (the loop transport asks): the export's allow-list decides."""
+        try:
+            conn = self.sim.admit_host(
+                str(request["nqn"]),
+                str(request["host_nqn"]),
+                str(request.get("remote_address", "127.0.0.1")),
+            )
+        except DeviceError as error:
+            raise ControlError(error.text) from None
+        return {"id": conn}
+
+    async def _leave_host(self, request: dict[str, Any]) -> dict[str, Any]:
+        removed = self.sim.leave_host(str(request["nqn"]), str(request["host_nqn"]))
         return {"removed": removed}
 
     async def _render(self, request: dict[str, Any]) -> dict[str, Any]:

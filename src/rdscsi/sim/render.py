@@ -134,6 +134,23 @@ def _join(lines: list[str]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def restrict(item: Item, keys: Sequence[str] | None) -> Item:
+    """`print proplist=…`: only the named properties (in the item's own order)."""
+    if keys is None:
+        return item
+    wanted = set(keys)
+    return tuple(g for g in (tuple(p for p in group if p.key in wanted) for group in item) if g)
+
+
+def render_terse(items: Sequence[Item]) -> str:
+    """`print terse`: one line per item, its index then every `key=value`, never wrapped."""
+    lines = []
+    for index, item in enumerate(items):
+        pairs = " ".join(f"{p.key}={p.shown}" for group in item for p in group if p.key != COMMENT)
+        lines.append(f"{index:>2} {pairs}")
+    return _join(lines)
+
+
 def render_items(items: Sequence[Item], render: Render, *, flags_legend: bool = True) -> str:
     """Disks, the pool and NVMe/TCP connections.
 

@@ -285,6 +285,16 @@ class Simulator:
         """Make an NVMe/TCP session appear on the disk's export; returns its id."""
         return self.store.add_connection(slot, host_nqn, remote_address, remote_port).id
 
+    def admit_host(self, export_nqn: str, host_nqn: str, remote_address: str = "127.0.0.1") -> int:
+        """A node connects to an export, as the device would let it (`Store.admit_host`):
+        refused (`DeviceError`) when the allow-list does not name it; returns the session id."""
+        return self.store.admit_host(export_nqn, host_nqn, remote_address).id
+
+    def leave_host(self, export_nqn: str, host_nqn: str) -> int:
+        """The node's sessions to the export end; returns how many there were."""
+        slots = [d.slot for d in self.store.disks.values() if d.nvme_tcp_server_nqn == export_nqn]
+        return sum(self.store.remove_connections(slot=s, host_nqn=host_nqn) for s in slots)
+
     def unregister_host_connection(
         self, conn_id: int | None = None, *, slot: str | None = None, host_nqn: str | None = None
     ) -> int:

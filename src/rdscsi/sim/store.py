@@ -280,6 +280,20 @@ class Store:
             setattr(disk, key, value)
         self.save()
 
+    def rename_disk(self, slot: str, new_slot: str) -> None:
+        """`/disk set ... slot=`: the disk keeps its file; its sessions follow it."""
+        if new_slot == slot:
+            return
+        if new_slot in self.disks or new_slot == self.pool_name:
+            raise failure(INVALID_PARAMETER)
+        disk = self.disks.pop(slot)
+        disk.slot = new_slot
+        self.disks[new_slot] = disk
+        for conn in self.connections:
+            if conn.slot == slot:
+                conn.slot = new_slot
+        self.save()
+
     def remove_disk(self, slot: str, refuse_in_use: bool = False) -> None:
         """The disk goes; its backing file stays (as on the device)."""
         if refuse_in_use and any(conn.slot == slot for conn in self.connections):
@@ -326,7 +340,39 @@ class Store:
             self._account(-path.lstat().st_size)
             path.unlink()
 
+    def rename_file(self, name: str, new_name: str) -> None:
+        """`/file set ... name=`: within the pool; a file that backs a disk cannot be renamed."""
+        name, new_name = name.removeprefix("/"), new_name.removeprefix("/")
+        for text in (name, new_name):
+            parts = text.split("/")
+            if parts[0] != self.pool_name or any(p in ("", ".", "..") for p in parts[1:]):
+                raise failure(INVALID_PARAMETER)
+        path, target = self.real_path(name), self.real_path(new_name)
+        if not path.is_file():
+            raise failure(NO_SUCH_ITEM)
+        if any(self.real_path(d.file_path) == path for d in self.disks.values()):
+            raise failure(DISK_IN_USE)
+        if target.exists() or target.is_symlink():
+            raise failure(FILE_EXISTS)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(path, target)
+
     # --- host sessions -----------------------------------------------------------------
+
+    def admit_host(self, export_nqn: str, host_nqn: str, remote_address: str) -> HostConnection:
+        """A host connects to an export: refused unless the export is on and the disk's
+        allow-list is empty (every host) or names the host (the driver's assumption about
+        the device, docs/fencing.md). Connecting twice is one session."""
+        disk = next((d for d in self.disks.values() if d.nvme_tcp_server_nqn == export_nqn), None)
+        if disk is None or not disk.nvme_tcp_export:
+            raise failure(NO_SUCH_ITEM)  # no such export: nothing to connect to
+        allowed = {h.strip() for h in disk.nvme_tcp_server_allow_host_name.split(",") if h.strip()}
+        if allowed and host_nqn not in allowed:
+            raise failure(f"host {host_nqn} is not allowed to connect to {export_nqn}")
+        for conn in self.connections:
+            if conn.slot == disk.slot and conn.host_nqn == host_nqn:
+                return conn
+        return self.add_connection(disk.slot, host_nqn, remote_address, 0)
 
     def add_connection(
         self, slot: str, host_nqn: str, remote_address: str, remote_port: int

@@ -15,7 +15,7 @@ from rdscsi.sim.errors import bad_command, syntax_error
 # Menu path -> verbs it implements. Intermediate menus (`/interface`) exist but offer none.
 MENUS: dict[tuple[str, ...], frozenset[str]] = {
     ("disk",): frozenset({"add", "set", "remove", "print", "monitor-traffic"}),
-    ("file",): frozenset({"print", "remove"}),
+    ("file",): frozenset({"print", "remove", "set"}),
     ("interface",): frozenset(),
     ("interface", "nvme-tcp"): frozenset(),
     ("interface", "nvme-tcp", "connection"): frozenset({"print"}),

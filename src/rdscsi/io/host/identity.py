@@ -79,6 +79,17 @@ def _valid_hostid(value: str) -> bool:
     return len(value) == 36
 
 
+def read_host_nqn(path: Path) -> str | None:
+    """The host NQN a `hostnqn` file holds; None when it is missing, blank or not an NQN."""
+    try:
+        nqn = _read(path)
+    except OSError:
+        return None
+    if nqn is None or len(nqn.encode()) > NQN_MAX or not _NQN.fullmatch(nqn):
+        return None
+    return nqn
+
+
 def read_identity(root: Path = Path("/")) -> tuple[str | None, str | None]:
     """(hostnqn, hostid) as the host has them, unvalidated; None for a missing or blank file."""
     d = nvme_dir(root)

@@ -13,17 +13,23 @@ and still detached by :meth:`LoopTransport.disconnect` and listed by
 :meth:`LoopTransport.sessions`.
 
 Only files under ``files_root`` are ever attached, detached or listed.
+
+Given an :class:`Admission` (``rdscsi run``: the simulator's, over its control socket), each
+``connect`` first asks the appliance whether this host may connect to the export, as a real
+``nvme connect`` would be admitted or refused by the export's allow-list, and each
+``disconnect`` ends the host's session there. A refused host gets a :class:`TransportError`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from rdscsi.io.host import proc
 from rdscsi.io.host.fs import FsError, set_read_only
@@ -40,10 +46,24 @@ from rdscsi.io.host.transport import (
     read_text,
 )
 
+log = logging.getLogger("rdscsi.loop")
+
 _LOOP = re.compile(r"loop([0-9]+)")
 _DELETED: Final = " (deleted)"
 DEFAULT_ATTEMPTS: Final = 50  # sysfs re-checks after attach/detach ...
 DEFAULT_INTERVAL: Final = 0.1  # ... this far apart
+
+
+class Admission(Protocol):
+    """The appliance's say on a connect (the allow-list) and its session listing."""
+
+    async def admit(self, target: Target) -> None:
+        """Raise :class:`TransportError` when the appliance refuses this host."""
+        ...
+
+    async def leave(self, target: Target) -> None:
+        """This host's session to the export ended."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +98,7 @@ class LoopTransport:
         interval: float = DEFAULT_INTERVAL,
         sleep: Sleep | None = None,
         mountinfo: Path = Path("/proc/self/mountinfo"),
+        admission: Admission | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError(f"attempts must be >= 1, got {attempts}")
@@ -91,6 +112,7 @@ class LoopTransport:
         self.interval = interval
         self._sleep = sleep
         self.mountinfo = mountinfo
+        self.admission = admission
         self._locks = KeyedLock()
 
     # --- paths -------------------------------------------------------------------------
@@ -211,6 +233,8 @@ class LoopTransport:
         path = self.backing_path(target)
         key = self.key(target)
         async with self._locks.hold(key):
+            if self.admission is not None and target.nqn:
+                await self.admission.admit(target)  # a refused host attaches nothing
             device = self._device(path)
             if device is not None:
                 return device
@@ -235,9 +259,13 @@ class LoopTransport:
     async def disconnect(self, target: Target) -> None:
         path = self.backing_path(target)
         async with self._locks.hold(self.key(target)):
-            if not self._matches(path, live_only=False):
-                return
-            await self._detach(target, path)
+            if self._matches(path, live_only=False):
+                await self._detach(target, path)
+            if self.admission is not None and target.nqn:
+                try:
+                    await self.admission.leave(target)
+                except TransportError as exc:  # the session ends with the device anyway
+                    log.warning("%s", exc)
 
     async def refresh(self, target: Target) -> Path:
         """``losetup --set-capacity``: the loop device takes the file's new size."""

@@ -3,7 +3,8 @@
 A `NodeView` says whether the node is Ready (only an explicit "True" is), whether it carries
 the `node.kubernetes.io/out-of-service` taint, and since when its Ready condition has had its
 current value (`lastTransitionTime`): the moment a NotReady node was lost, taken from the
-object so that every replica (and the next leader) dates it alike.
+object so that every replica (and the next leader) dates it alike; and the NVMe host NQN the
+driver's node plugin wrote into the `<driver>/host-nqn` annotation (`io.kube.hostnqn`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,19 @@ from ...machines.node import OUT_OF_SERVICE_TAINT
 from .informer import Resource
 from .wire import ListCall, get_path, parse_time
 
-__all__ = ["NODES", "NodeView", "node_view"]
+__all__ = ["NODES", "NodeView", "host_nqn_annotation", "node_view", "nodes_resource"]
 
 
-def node_view(obj: Mapping[str, Any], deleted: bool = False) -> NodeView | None:
-    """The view of one Node object (API JSON); None when it has no name."""
+def host_nqn_annotation(driver: str) -> str:
+    """The annotation on its Node where the node plugin reports its NVMe host NQN."""
+    return f"{driver}/host-nqn"
+
+
+def node_view(
+    obj: Mapping[str, Any], deleted: bool = False, annotation: str | None = None
+) -> NodeView | None:
+    """The view of one Node object (API JSON); None when it has no name. `annotation`: where
+    to read the host NQN (none: not read)."""
     name = get_path(obj, "metadata", "name")
     if not isinstance(name, str) or not name:
         return None
@@ -50,11 +59,25 @@ def node_view(obj: Mapping[str, Any], deleted: bool = False) -> NodeView | None:
         for t in taints
         if isinstance(t, Mapping) and t.get("key")
     )
-    return NodeView(name, ready, out_of_service, deleted, since, shown_conditions, shown_taints)
+    nqn = None
+    if annotation is not None:
+        value = (get_path(obj, "metadata", "annotations") or {}).get(annotation)
+        nqn = value.strip() if isinstance(value, str) and value.strip() else None
+    return NodeView(
+        name, ready, out_of_service, deleted, since, shown_conditions, shown_taints, host_nqn=nqn
+    )
 
 
 def _list_nodes(api: ApiClient) -> ListCall:
     return CoreV1Api(api).list_node_without_preload_content  # type: ignore[no-any-return]
+
+
+def nodes_resource(driver: str) -> Resource[NodeView]:
+    """Nodes, with the host NQN the node plugin of `driver` reported on each."""
+    key = host_nqn_annotation(driver)
+    return Resource(
+        "nodes", _list_nodes, lambda obj: node_view(obj, annotation=key), lambda v: v.name
+    )
 
 
 NODES: Resource[NodeView] = Resource("nodes", _list_nodes, node_view, lambda v: v.name)

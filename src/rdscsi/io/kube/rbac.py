@@ -4,7 +4,7 @@ Kept next to the code that makes the calls (and checked against the requests it 
 makes, namespace and object name included, in tests/kube/test_rbac.py) so the deployment
 manifests can be checked against it (tests/deploy): cluster-wide rules are the
 `rdscsi-controller` ClusterRole, namespaced ones (the Lease, by name) its Role in the
-driver's namespace.
+driver's namespace. The node plugin's one rule (`NODE`) is the `rdscsi-node` ClusterRole.
 """
 
 from __future__ import annotations
@@ -33,6 +33,17 @@ NODE_INFORMER = (_rule("", "nodes", "list watch", "Node informer"),)
 ATTACHMENT_INFORMERS = (
     _rule("storage.k8s.io", "volumeattachments", "list watch", "VolumeAttachment informer"),
     _rule("", "persistentvolumes", "list watch", "PersistentVolume informer (volume handles)"),
+)
+SNAPSHOT_CLAIMS = (
+    _rule(
+        "snapshot.storage.k8s.io",
+        "volumesnapshotcontents",
+        "list",
+        "orphan sweep: which snapshots a VolumeSnapshotContent claims",
+    ),
+)
+HOST_NQN_REPORT = (
+    _rule("", "nodes", "patch", "node plugin: its host NQN, an annotation on its own Node"),
 )
 EVENT_SINK = (
     _rule("events.k8s.io", "events", "create patch", "post Events; patch their series"),
@@ -79,9 +90,16 @@ def controller_rules(driver: str) -> tuple[Rule, ...]:
     return (
         *NODE_INFORMER,
         *ATTACHMENT_INFORMERS,
+        *SNAPSHOT_CLAIMS,
         *EVENT_SINK,
         *leader_election(lease_name(driver)),
     )
 
 
-CONTROLLER = merged(NODE_INFORMER, ATTACHMENT_INFORMERS, EVENT_SINK)
+def node_rules() -> tuple[Rule, ...]:
+    """Everything the node plugin's container does (`serve --node --kubernetes`)."""
+    return HOST_NQN_REPORT
+
+
+CONTROLLER = merged(NODE_INFORMER, ATTACHMENT_INFORMERS, SNAPSHOT_CLAIMS, EVENT_SINK)
+NODE = merged(HOST_NQN_REPORT)

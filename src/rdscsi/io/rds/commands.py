@@ -21,6 +21,8 @@ Allowlists (all ASCII, matched against the whole value):
 - slot prefix: a non-empty slot-shaped literal (an empty prefix would match every disk).
 - comment: at most 255 characters of ``[A-Za-z0-9 ./:=_-]`` (what a PVC's namespace and
   name, a PV name and the driver's own words need; nothing the CLI interprets).
+- host NQN (an allow-list entry): ``nqn.YYYY-MM.<domain>:<suffix>``, characters
+  ``[A-Za-z0-9.:_-]`` (no comma: it separates entries), at most 223 bytes.
 - path prefix: the pool root followed by segment characters and ``/``; no ``.``/``..``
   segment, no empty segment except a trailing ``/``.
 Prefixes become ``^<literal>`` regular expressions with every metacharacter escaped.
@@ -34,6 +36,7 @@ from typing import Final
 import attrs
 
 from rdscsi.io.rds.errors import InvalidValueError
+from rdscsi.io.rds.fence import ALLOW_PROPERTY, allow_list_value
 from rdscsi.io.rds.sizes import format_size_exact
 
 MAX_NQN_BYTES: Final = 223
@@ -47,12 +50,17 @@ VERBS: Final = frozenset(
         "disk-copy",
         "disk-grow",
         "disk-comment",
+        "disk-fence",
+        "disk-rename",
         "disk-remove",
+        "file-rename",
         "file-remove",
         "disk-print",
         "disk-print-prefix",
+        "disk-inventory",
         "pool-print",
         "file-print",
+        "file-inventory",
         "disk-traffic",
         "nvme-connections",
         "health",
@@ -72,6 +80,7 @@ _NQN_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _NQN = re.compile(
     rf"nqn\.[0-9]{{4}}-(?:0[1-9]|1[0-2])\.{_NQN_LABEL}(?:\.{_NQN_LABEL})*:[a-z0-9.:-]+"
 )
+_HOST_NQN = re.compile(r"nqn\.[0-9]{4}-(?:0[1-9]|1[0-2])\.[A-Za-z0-9.-]+:[A-Za-z0-9.:_-]+")
 
 # RouterOS escapes inside a double-quoted string. `$` starts variable substitution and
 # `?` asks for help in the console, so both are escaped even though a shell would not.
@@ -87,6 +96,15 @@ _QUOTE_ESCAPES: Final = {
 # POSIX ERE metacharacters (RouterOS `~` uses POSIX regular expressions).
 _REGEX_META: Final = frozenset("\\.^$|?*+()[]{}")
 
+
+# What the orphan sweep and the fence read of each disk (`disk_inventory`).
+INVENTORY_DISK_PROPERTIES: Final = (
+    "slot",
+    "file-path",
+    "nvme-tcp-export",
+    "nvme-tcp-server-nqn",
+    ALLOW_PROPERTY,
+)
 
 # What may follow a slot in the name of a backing file the driver created: nothing, or an
 # upper-case marker and its fields (see rdscsi.io.rds.volumes), then ".img".
@@ -158,6 +176,18 @@ def validate_nqn(value: object, field: str = "nqn") -> str:
     if _NQN.fullmatch(text) is None:
         raise InvalidValueError(
             field, value, "must look like nqn.YYYY-MM.reverse.domain:suffix using [a-z0-9.:-]"
+        )
+    return text
+
+
+def validate_host_nqn(value: object, field: str = "host nqn") -> str:
+    """``value`` if it is a host NQN the allow-list can carry (no separator, nothing quoted)."""
+    text = _require_str(field, value)
+    if len(text.encode()) > MAX_NQN_BYTES:
+        raise InvalidValueError(field, value, f"longer than {MAX_NQN_BYTES} bytes")
+    if _HOST_NQN.fullmatch(text) is None:
+        raise InvalidValueError(
+            field, value, "must look like nqn.YYYY-MM.domain:suffix using [A-Za-z0-9.:_-]"
         )
     return text
 
@@ -329,6 +359,40 @@ class CommandBuilder:
         line = f"/disk set [find slot={quote(slot)}] comment={quote(text)}"
         return Command("disk-comment", line, mutating=True, slot=slot)
 
+    def disk_allow_hosts(self, slot: str, hosts: list[str]) -> Command:
+        """Set who may connect to the disk's export (`rdscsi.io.rds.fence`): exactly ``hosts``
+        (host NQNs); none at all is written as the NQN no host has, never as empty."""
+        slot = validate_slot(slot)
+        value = allow_list_value(validate_host_nqn(h) for h in hosts)
+        line = f"/disk set [find slot={quote(slot)}] {ALLOW_PROPERTY}={quote(value)}"
+        return Command("disk-fence", line, mutating=True, slot=slot, target=f"hosts={value}")
+
+    def disk_rename(self, slot: str, file_path: str, new_slot: str, export: bool) -> Command:
+        """Give the disk ``slot`` backed by ``file_path`` (both must match) the slot
+        ``new_slot``, its export on or off: quarantine and restore of an orphan."""
+        slot = validate_slot(slot)
+        path = self.validate_file_path(file_path)
+        new = validate_slot(new_slot, "new slot")
+        line = (
+            f"/disk set [find slot={quote(slot)} file-path={quote(path)}] slot={quote(new)} "
+            f"nvme-tcp-export={'yes' if export else 'no'}"
+        )
+        return Command("disk-rename", line, mutating=True, slot=slot, target=f"slot={new}")
+
+    def disk_remove_exact(self, slot: str, file_path: str) -> Command:
+        """Remove the disk ``slot`` only if ``file_path`` backs it (a quarantined orphan)."""
+        slot = validate_slot(slot)
+        path = self.validate_file_path(file_path)
+        line = f"/disk remove [find slot={quote(slot)} file-path={quote(path)}]"
+        return Command("disk-remove", line, mutating=True, slot=slot)
+
+    def file_rename(self, file_path: str, new_path: str) -> Command:
+        """Rename a backing file (absolute paths, both under the pool root)."""
+        name = self.validate_file_path(file_path)[1:]
+        new = self.validate_file_path(new_path, "new file path")[1:]
+        line = f"/file set [find name={quote(name)}] name={quote(new)}"
+        return Command("file-rename", line, mutating=True, target=f"{name} -> {new}")
+
     def disk_remove(self, slot: str) -> Command:
         """Remove the disk; the backing file may remain (see :meth:`file_remove`)."""
         slot = validate_slot(slot)
@@ -378,6 +442,24 @@ class CommandBuilder:
         line = f"/disk print detail where slot~{quote('^' + escape_regex(prefix))}"
         return Command("disk-print-prefix", line, mutating=False, target=f"prefix={prefix}")
 
+    def disk_inventory(self, slot_prefix: str) -> Command:
+        """The disks whose slot starts with ``slot_prefix``, one line each and only what the
+        orphan sweep and the fence read (`print terse proplist=`; assumed of the device: the
+        store falls back to :meth:`disk_print_prefix` when it is refused)."""
+        prefix = validate_slot_prefix(slot_prefix)
+        line = (
+            f"/disk print terse proplist={','.join(INVENTORY_DISK_PROPERTIES)} "
+            f"where slot~{quote('^' + escape_regex(prefix))}"
+        )
+        return Command("disk-inventory", line, mutating=False, target=f"prefix={prefix}")
+
+    def file_inventory(self, path_prefix: str) -> Command:
+        """The names of the files under ``path_prefix``, one line each (as
+        :meth:`disk_inventory`; the fallback is :meth:`file_print_prefix`)."""
+        name = self.validate_path_prefix(path_prefix)[1:]
+        line = f"/file print terse proplist=name where name~{quote('^' + escape_regex(name))}"
+        return Command("file-inventory", line, mutating=False, target=f"prefix={name}")
+
     def pool_print(self) -> Command:
         """Detail of the pool partition: exact ``size=`` and ``free=`` bytes."""
         mount = self.mount_point
@@ -396,9 +478,11 @@ class CommandBuilder:
         line = f"/disk monitor-traffic {quote(slot)} once"
         return Command("disk-traffic", line, mutating=False, slot=slot)
 
-    def nvme_connections(self) -> Command:
-        """Connected NVMe/TCP hosts per export (output format unconfirmed)."""
-        return Command("nvme-connections", "/interface nvme-tcp connection print", mutating=False)
+    def nvme_connections(self, terse: bool = False) -> Command:
+        """Connected NVMe/TCP hosts per export (output format unconfirmed); ``terse``: one line
+        each (assumed of the device, as :meth:`disk_inventory`)."""
+        line = "/interface nvme-tcp connection print" + (" terse" if terse else "")
+        return Command("nvme-connections", line, mutating=False)
 
     def health(self) -> Command:
         """A cheap read that proves the session and the /disk subsystem answer.

@@ -262,6 +262,7 @@ class RDSConnection:
         self._changed = asyncio.Event()
         self._tracked = False
         self.lingering = 0
+        self.connects = 0  # links established so far: the leader sweeps after each new one
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -410,6 +411,7 @@ class RDSConnection:
             conn.close()  # closed while dialling
             return
         self._conn = conn
+        self.connects += 1
         self._transition("succeeded")
         log.info("RDS %s: connected", cfg.name)
 

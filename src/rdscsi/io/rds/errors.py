@@ -220,12 +220,38 @@ def _classify_failure(text: str) -> type[RDSError]:
     return ApplianceFailureError
 
 
+# Words every error line above starts with: a listing in which none occurs (lower-cased) has
+# no error line, and a long listing is ruled out by a few substring searches in C.
+_ERROR_WORDS = (
+    "failure:",
+    "bad command name",
+    "syntax error",
+    "expected end of command",
+    "expected command name",
+    "invalid ",
+    "missing value",
+    "unknown parameter",
+    "input does not match",
+    "value of ",
+    "ambiguous value",
+    "no such item",
+    "interrupted",
+    "action timed out",
+)
+
+
 def classify(output: str, command: Command | None = None) -> RDSError | None:
     """The error the device reported in ``output``, or None if it reported none.
 
     Errors may follow other output, so every line is examined; the first error line wins.
     """
-    for raw_line in output.splitlines():
+    lowered = output.lower()
+    hits = [at for word in _ERROR_WORDS if (at := lowered.find(word)) >= 0]
+    if not hits:
+        return None
+    # Lines before the first occurrence of any error word cannot be error lines.
+    start = output.rfind("\n", 0, min(hits)) + 1
+    for raw_line in output[start:].splitlines():
         line = raw_line.strip()
         if not line:
             continue

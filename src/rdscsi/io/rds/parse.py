@@ -50,7 +50,11 @@ _KEY_EQ = re.compile(rf"({_KEY})=")
 # Where a bare value ends: whitespace followed by the next key=.
 _NEXT_KEY = re.compile(rf"[ \t]+(?={_KEY}=)")
 _FIELD_START = re.compile(rf"{_KEY}(?:=|:(?:[ \t]|$))")
+# key="value" (no escape inside) or key=word, then the next key= or the end: the common case,
+# read in one match. Anything else takes the general path below.
+_PLAIN_PAIR = re.compile(rf'({_KEY})=(?:"([^"\\]*)"|([^\s"=][^\s=]*))(?:[ \t]+(?={_KEY}=)|[ \t]*$)')
 _COLON_LINE = re.compile(rf"[ \t]*({_KEY}):(?:[ \t]+(.*))?")
+_TERSE_LINE = re.compile(r" {0,3}([0-9]+)[ \t]+(?:([A-Z*]+)[ \t]+)?(\S.*)")
 _INDEX = re.compile(r"([ \t]*)([0-9]+)(?=[ \t]|$)")
 _FLAGS = re.compile(r"[ \t]+([A-Z*]+)(?=[ \t]|$)")
 _LEGEND_START = re.compile(r"(?:Flags|Columns):")
@@ -104,6 +108,9 @@ def _bytes_text(pending: bytearray) -> str:
 
 def _read_quoted(text: str, start: int) -> tuple[str, int]:
     """Decode the quoted string opening at ``text[start]``; return it and the end offset."""
+    end = text.find('"', start + 1)
+    if end >= 0 and text.find("\\", start + 1, end) < 0:
+        return text[start + 1 : end], end + 1  # no escape before the first quote: it closes
     out: list[str] = []
     pending = bytearray()  # a run of \XX escapes
     i = start + 1
@@ -136,8 +143,16 @@ def _kv_fields(text: str) -> dict[str, str]:
     fields: dict[str, str] = {}
     pos = 0
     n = len(text)
+    key_eq, pair = _KEY_EQ.match, _PLAIN_PAIR.match
     while pos < n:
-        match = _KEY_EQ.match(text, pos)
+        # The common case in one step: a quoted value without escapes, or a one-word value.
+        plain = pair(text, pos)
+        if plain is not None:
+            quoted = plain.group(2)
+            fields[plain.group(1)] = quoted if quoted is not None else plain.group(3)
+            pos = plain.end()
+            continue
+        match = key_eq(text, pos)
         if match is None:
             raise _ShapeError(f"expected key=value at {text[pos : pos + 40]!r}")
         key = match.group(1)
@@ -208,11 +223,17 @@ def _split_items(lines: list[str]) -> list[_Draft]:
     current: _Draft | None = None
     in_legend = False
     for line in lines:
-        if not line.strip(_BLANK):
+        stripped = line.lstrip(_BLANK)
+        if not stripped:
             current = None
             in_legend = False
             continue
-        if current is None and _LEGEND_START.match(line.lstrip(_BLANK)):
+        if current is not None and not in_legend and not stripped[0].isdigit():
+            # The common case, a continuation line: only a line opening with digits can
+            # open an item (an index), so no pattern needs to look at this one.
+            current.lines.append(stripped)
+            continue
+        if current is None and _LEGEND_START.match(stripped):
             in_legend = True
             continue
         if current is None and in_legend and _LEGEND_MORE.match(line):
@@ -259,10 +280,39 @@ def _raise_if_error(output: str, command: Command | None) -> None:
         raise error
 
 
-def _convert(output: str, command: Command | None, convert: Callable[[PrintEntry], T]) -> list[T]:
-    _raise_if_error(output, command)
+def _terse_entries(lines: list[str]) -> list[PrintEntry] | None:
+    """`print terse` output: one item per line, its index at most three blanks in (a wrapped
+    line of the other forms sits deeper). None when the output is not that: the general path."""
+    out: list[PrintEntry] = []
+    line_match = _TERSE_LINE.fullmatch
+    for line in lines:
+        if not line:
+            continue
+        m = line_match(line)
+        if m is None:
+            return None
+        rest = m.group(3)
+        if rest.startswith(";;;") or _COLON_LINE.fullmatch(rest):
+            return None
+        flags = m.group(2) or ""
+        out.append(PrintEntry(int(m.group(1)), flags, MappingProxyType(_kv_fields(rest))))
+    return out
+
+
+def _convert(
+    output: str,
+    command: Command | None,
+    convert: Callable[[PrintEntry], T],
+    checked: bool = False,
+) -> list[T]:
+    if not checked:
+        _raise_if_error(output, command)
     try:
-        return [convert(_finish(draft)) for draft in _split_items(_lines(output))]
+        lines = _lines(output)
+        terse = _terse_entries(lines)
+        if terse is not None:
+            return [convert(entry) for entry in terse]
+        return [convert(_finish(draft)) for draft in _split_items(lines)]
     except _ShapeError as exc:
         raise UnparseableOutputError(str(exc), output, command=command) from None
 
@@ -573,4 +623,7 @@ def parse_nvme_connections(output: str, command: Command | None = None) -> list[
             except _ShapeError as exc:
                 raise UnparseableOutputError(str(exc), output, command=command) from None
             return [_connection(MappingProxyType(row)) for row in rows]
-    return _convert(output, command, lambda entry: _connection(entry.fields))
+        stripped = line.strip(_BLANK)
+        if stripped and not _LEGEND_START.match(stripped) and not _LEGEND_MORE.match(line):
+            break  # the first item: a table's header would have come before it
+    return _convert(output, command, lambda entry: _connection(entry.fields), checked=True)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -61,13 +62,23 @@ from rdscsi.io.rds.connection import RDSConnection
 from rdscsi.io.rds.errors import (
     AlreadyExistsError,
     ApplianceFailureError,
+    CommandSyntaxError,
     InvalidValueError,
     NotFoundError,
     RDSError,
     UnparseableOutputError,
 )
-from rdscsi.io.rds.parse import parse_ack, parse_disk, parse_disks, parse_pool
-from rdscsi.io.rds.records import DiskInfo, PoolInfo
+from rdscsi.io.rds.fence import ALLOW_PROPERTY, OPEN, AllowList, parse_allow_list
+from rdscsi.io.rds.parse import (
+    parse_ack,
+    parse_disk,
+    parse_disks,
+    parse_entries,
+    parse_files,
+    parse_nvme_connections,
+    parse_pool,
+)
+from rdscsi.io.rds.records import DiskInfo, NvmeConnection, PoolInfo
 from rdscsi.io.rds.sizes import validate_size
 
 log = logging.getLogger("rdscsi.rds.volumes")
@@ -107,11 +118,17 @@ class Kind:
     @classmethod
     def decode(cls, text: str) -> Kind | None:
         """The kind a path carries; None if ``text`` is not one (then the disk is not ours)."""
-        use, dot, modes = text.partition(".")
-        try:
-            return cls(use, frozenset(modes.split("-"))) if dot else None
-        except InvalidValueError:
-            return None
+        return _decode_kind(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _decode_kind(text: str) -> Kind | None:
+    # A few kinds recur in every name: read each once (a sweep reads 10k names).
+    use, dot, modes = text.partition(".")
+    try:
+        return Kind(use, frozenset(modes.split("-"))) if dot else None
+    except InvalidValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +154,7 @@ class Volume:
     source: VolumeSource | None
     kind: Kind | None = None  # None: made before kinds were recorded
     comment: str = ""  # for people: the claim it belongs to
+    allow: AllowList = OPEN  # who may connect to the export (rdscsi.io.rds.fence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +252,7 @@ class VolumeStore:
         # Fail at start-up on bad settings rather than on the first create.
         self._vol_dir = self._b.validate_path_prefix(f"{base}/vol/", "volume dir")
         self._snap_dir = self._b.validate_path_prefix(f"{base}/snap/", "volume dir")
+        self._terse: bool | None = None  # the device takes `print terse proplist=` (None: untried)
         validate_port(settings.nvme_port, "nvme port")
         validate_nqn(f"{settings.nqn_prefix}x", "nqn prefix")
 
@@ -374,6 +393,28 @@ class VolumeStore:
                     volumes.append(volume)
         return sorted(volumes, key=lambda v: v.id)
 
+    async def set_allow_list(self, volume_id: str, hosts: frozenset[str]) -> None:
+        """Let exactly ``hosts`` (host NQNs) connect to the volume's export; none: nobody."""
+        volume_id = _validate_volume_id(volume_id)
+        command = self._b.disk_allow_hosts(volume_id, sorted(hosts))
+        with _about(f"volume {volume_id}"):
+            parse_ack(await self._conn.run(command), command)
+
+    async def sessions(self) -> list[NvmeConnection]:
+        """The appliance's NVMe/TCP connections, as listed (one command for all exports: one
+        line each, or the full listing on a device that refuses `terse`)."""
+        if self._terse is not False:
+            command = self._b.nvme_connections(terse=True)
+            try:
+                listed = parse_nvme_connections(await self._conn.run(command), command)
+            except CommandSyntaxError as exc:
+                self._refused_terse(exc)
+            else:
+                self._terse = True
+                return listed
+        command = self._b.nvme_connections()
+        return parse_nvme_connections(await self._conn.run(command), command)
+
     async def capacity(self) -> PoolInfo:
         """The pool's size and free bytes; NotFoundError if the appliance shows no pool."""
         command = self._b.pool_print()
@@ -441,6 +482,72 @@ class VolumeStore:
             and source_volume_id in (None, snapshot.source_volume_id)
         ]
         return sorted(snapshots, key=lambda s: s.id)
+
+    # --- the scheme, for the orphan sweep (rdscsi.io.rds.orphans) --------------------------
+
+    @property
+    def connection(self) -> RDSConnection:
+        return self._conn
+
+    @property
+    def builder(self) -> CommandBuilder:
+        return self._b
+
+    @property
+    def directories(self) -> tuple[str, str]:
+        """Where volumes' and snapshots' backing files live (absolute, ending in ``/``)."""
+        return self._vol_dir, self._snap_dir
+
+    def scheme_kind(self, slot: str, path: str | None) -> str | None:
+        """``volume``, ``copy`` or ``snapshot`` when ``path`` is the scheme's backing file for
+        ``slot`` (by the slot's prefix); None when the pair is not the driver's."""
+        if path is None or not _is_slot(slot):
+            return None
+        if slot.startswith(VOLUME_PREFIXES):
+            found = self._volume_copy_of(slot, path)
+            if found is None:
+                return None
+            return "volume" if found.source is None else "copy"
+        if slot.startswith(SNAPSHOT_PREFIX) and self._is_snapshot_file(slot, path):
+            return "snapshot"
+        return None
+
+    async def read_disks(self, prefix: str) -> list[DiskInfo]:
+        """Every disk whose slot starts with ``prefix``, with what the sweep reads (one
+        command: the short form, or the full one on a device that refuses it)."""
+        if self._terse is not False:
+            command = self._b.disk_inventory(prefix)
+            try:
+                disks = parse_disks(await self._conn.run(command), command)
+            except CommandSyntaxError as exc:
+                self._refused_terse(exc)
+            else:
+                self._terse = True
+                return disks
+        return await self._read_prefix(prefix)
+
+    async def read_file_names(self, path_prefix: str) -> list[str]:
+        """The names (no leading ``/``) of the files under ``path_prefix`` (one command, as
+        :meth:`read_disks`)."""
+        if self._terse is not False:
+            command = self._b.file_inventory(path_prefix)
+            try:
+                entries = parse_entries(await self._conn.run(command), command)
+            except CommandSyntaxError as exc:
+                self._refused_terse(exc)
+            else:
+                self._terse = True
+                return [e.fields["name"] for e in entries if e.fields.get("name")]
+        command = self._b.file_print_prefix(path_prefix)
+        return [f.name for f in parse_files(await self._conn.run(command), command)]
+
+    def _refused_terse(self, exc: CommandSyntaxError) -> None:
+        log.warning(
+            "the appliance refused `print terse proplist=` (%s): the sweep reads whole "
+            "listings from now on",
+            exc,
+        )
+        self._terse = False
 
     # --- reading -------------------------------------------------------------------------
 
@@ -590,6 +697,7 @@ class VolumeStore:
             source=origin.source,
             kind=origin.kind,
             comment=disk.comment or "",
+            allow=parse_allow_list(disk.raw.get(ALLOW_PROPERTY)),
         )
 
     def _snapshot(self, disk: DiskInfo) -> Snapshot | None:

@@ -621,6 +621,18 @@ KINDS: tuple[Kind, ...] = (
         validate=_validate_volume_attachment,
     ),
     Kind(
+        # A CRD (the external snapshotter's): served unless a test hides it
+        # (`FakeKube.absent`), as a cluster without the snapshot CRDs answers 404.
+        "snapshot.storage.k8s.io",
+        "v1",
+        "volumesnapshotcontents",
+        "VolumeSnapshotContent",
+        namespaced=False,
+        bucket="volumesnapshotcontents",
+        status=True,
+        merge_keys=_META_MERGE,
+    ),
+    Kind(
         "coordination.k8s.io",
         "v1",
         "leases",

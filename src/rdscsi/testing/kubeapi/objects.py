@@ -21,24 +21,29 @@ def node(
     taints: Iterable[Mapping[str, str]] = (),
     labels: Mapping[str, str] | None = None,
     since: float | None = None,
+    annotations: Mapping[str, str] | None = None,
 ) -> Obj:
     """A Node as a kubelet registers it; taints are `{"key", "effect"[, "value"]}` dicts.
-    `since`: when the Ready condition took its value (seconds since the epoch; None: now)."""
+    `since`: when the Ready condition took its value (seconds since the epoch; None: now);
+    `annotations`: e.g. the host NQN a CSI node plugin reported."""
     stamp = now_time(since)
     spec: Obj = {}
     if taints:
         spec["taints"] = [dict(t) for t in taints]
+    meta: Obj = {
+        "name": name,
+        "labels": {
+            "kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux",
+            **(labels or {}),
+        },
+    }
+    if annotations:
+        meta["annotations"] = dict(annotations)
     return {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {
-            "name": name,
-            "labels": {
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                **(labels or {}),
-            },
-        },
+        "metadata": meta,
         "spec": spec,
         "status": {
             "conditions": [
@@ -173,4 +178,20 @@ def lease(namespace: str, name: str, holder: str | None, duration: int = 15) -> 
         "kind": "Lease",
         "metadata": {"namespace": namespace, "name": name},
         "spec": spec,
+    }
+
+
+def volume_snapshot_content(name: str, driver: str, handle: str) -> Obj:
+    """A VolumeSnapshotContent the snapshotter made for `driver`, ready, naming `handle`."""
+    return {
+        "apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshotContent",
+        "metadata": {"name": name},
+        "spec": {
+            "driver": driver,
+            "deletionPolicy": "Delete",
+            "source": {"volumeHandle": "pvc-source"},
+            "volumeSnapshotRef": {"name": name, "namespace": "apps"},
+        },
+        "status": {"snapshotHandle": handle, "readyToUse": True},
     }

@@ -357,6 +357,8 @@ class FakeKube:
         self._throttle: list[tuple[str, str, float]] = []  # (resource, verb, retry-after)
         self.throttled = 0
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        # Resources (plural names) this cluster does not have: a CRD not installed (404).
+        self.absent: set[str] = set()
         self._objects: dict[str, dict[str, Obj]] = {}
         self._history: deque[Change] = deque()
         self._rv = 0
@@ -630,7 +632,7 @@ class FakeKube:
             access = access_of(request.method, request.path, query)
             if self.authorizer is not None:
                 self._authorize(request, access)
-            if found is None:
+            if found is None or found.kind.plural in self.absent:
                 raise _no_route()
             kind, namespace, name, sub = found
             await self._faults(kind, access)
