@@ -486,6 +486,9 @@ def build_controller(
 
     fencer = Fencer(machines.attachment, directory, clock, locate) if fencing else None
     reader = SessionReader(directory, clock.monotonic, registry) if fencing else None
+    for appliance in appliances:
+        if reader is not None and appliance.fence:
+            reader.preset(appliance.name)
 
     async def sessions(volume_id: str) -> SessionEvidence | None:
         # A ControllerPublish meeting a lost holder: a listing of this volume's appliance.

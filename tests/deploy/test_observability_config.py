@@ -100,6 +100,7 @@ def _preset_values() -> dict[tuple[str, str], set[str]]:
     model.state = "starting"
     MetricsListener(metrics, compile_machine(ConnectionMachine)).on_track("connection", model)
     CommandMetrics(registry).of("rds")
+    metrics.preset("rds")  # the fence's and sweep's, per appliance as the controller sets them
     out: dict[tuple[str, str], set[str]] = {}
     for family in registry.collect():
         for sample in family.samples:

@@ -78,11 +78,16 @@ class Fleet:
         return (await self.controller.CreateVolume(req)).volume
 
 
-def fleet_yaml(sims: Mapping[str, Simulator], key_file: Path, tmp: Path) -> dict[str, Any]:
-    """The configuration file a user writes for two appliances."""
+def fleet_yaml(
+    sims: Mapping[str, Simulator], key_file: Path, tmp: Path, fence: str = "none"
+) -> dict[str, Any]:
+    """The configuration file a user writes for two appliances. `fence: none` unless asked:
+    these tests are about serving a fleet (with the fence, an unpublish needs the volume's
+    appliance to take the host off its allow-list); tests/fleet/test_fleet_fence.py fences."""
 
     def appliance(sim: Simulator) -> dict[str, Any]:
         return {
+            "fence": fence,
             "address": sim.host,
             "port": sim.port,
             "key_file": str(key_file),
@@ -158,8 +163,24 @@ def key_file(tmp_path: Path, client_key: asyncssh.SSHKey) -> Path:
 async def fleet(
     tmp_path: Path, client_key: asyncssh.SSHKey, key_file: Path
 ) -> AsyncIterator[Fleet]:
+    async for f in running_fleet(tmp_path, client_key, key_file, "none"):
+        yield f
+
+
+@pytest.fixture
+async def fenced_fleet(
+    tmp_path: Path, client_key: asyncssh.SSHKey, key_file: Path
+) -> AsyncIterator[Fleet]:
+    async for f in running_fleet(tmp_path, client_key, key_file, "allow-host"):
+        yield f
+
+
+async def running_fleet(
+    tmp_path: Path, client_key: asyncssh.SSHKey, key_file: Path, fence: str
+) -> AsyncIterator[Fleet]:
     sims = await start_sims(tmp_path, client_key)
-    f = await start_fleet(tmp_path, sims, key_file, fleet_yaml(sims, key_file, tmp_path))
+    data = fleet_yaml(sims, key_file, tmp_path, fence)
+    f = await start_fleet(tmp_path, sims, key_file, data)
     try:
         yield f
     finally:

@@ -41,7 +41,8 @@ async def settle(fleet: Fleet, reason: str = "test") -> None:
     await asyncio.wait_for(fleet.app.reconciler.wait_idle(), 15)
 
 
-async def test_a_volume_is_fenced_on_its_own_appliance_by_its_slot(fleet: Fleet) -> None:
+async def test_a_volume_is_fenced_on_its_own_appliance_by_its_slot(fenced_fleet: Fleet) -> None:
+    fleet = fenced_fleet
     c = fleet.controller
     vb = await fleet.create(PVC_B, B)
     assert vb.volume_id == f"{B}:{PVC_B}"
@@ -71,8 +72,9 @@ async def test_a_volume_is_fenced_on_its_own_appliance_by_its_slot(fleet: Fleet)
 
 
 async def test_session_evidence_from_one_appliance_never_clears_the_other_s(
-    fleet: Fleet,
+    fenced_fleet: Fleet,
 ) -> None:
+    fleet = fenced_fleet
     c, app = fleet.controller, fleet.app
     va = await fleet.create(PVC_A)
     vb = await fleet.create(PVC_B, B)
@@ -109,7 +111,8 @@ async def test_session_evidence_from_one_appliance_never_clears_the_other_s(
     assert allowed(fleet, A, PVC_A) == NO_HOST
 
 
-async def test_the_sweep_finds_each_appliance_s_orphans_there_only(fleet: Fleet) -> None:
+async def test_the_sweep_finds_each_appliance_s_orphans_there_only(fenced_fleet: Fleet) -> None:
+    fleet = fenced_fleet
     app = fleet.app
     for name, appliance in ((PVC_A, ""), (ORPHAN_A, ""), (PVC_B, B), (ORPHAN_B, B)):
         await fleet.create(name, appliance)

@@ -101,6 +101,11 @@ class SessionReader:
         )
         self.last_problem: dict[str, str] = {}  # appliance -> the last failure, once logged
 
+    def preset(self, appliance: str) -> None:
+        """A fenced appliance's series, at 0 from the start."""
+        for outcome in ("listed", "unavailable"):
+            self.listings.labels(appliance, outcome)
+
     async def read(
         self,
         store: VolumeStore,
