@@ -80,6 +80,10 @@ class OrphanStore:
 
     def __init__(self, store: VolumeStore) -> None:
         self.store = store
+        # The last inventory's disks as classified, by the disk read: a disk whose listing
+        # line did not change is the same object (`ListingMemo`), so it is not classified
+        # again. The disk is kept beside its item so that its id cannot be reused.
+        self._classified: dict[tuple[int, bool], tuple[DiskInfo, Stored | None]] = {}
 
     async def inventory(self) -> list[Stored]:
         store = self.store
@@ -91,26 +95,16 @@ class OrphanStore:
         files = {"/" + name for name in await store.read_file_names(base) if name.endswith(".img")}
         out: list[Stored] = []
         backed: set[str] = set()
+        last, classified = self._classified, {}
         for disk in disks:
-            at, slot = _quarantined(disk.slot)
-            kind = store.scheme_kind(slot, disk.file_path)
-            if kind is None or disk.file_path is None:
-                continue  # not the driver's
-            path = disk.file_path
-            backed.add(path)
-            out.append(
-                Stored(
-                    f"disk:{slot}",
-                    f"disk {disk.slot}",
-                    kind if path in files else "disk",
-                    slot,
-                    disk.slot,
-                    path,
-                    at,
-                    kind in EXPORTED_KINDS,
-                    parse_allow_list(disk.raw.get(ALLOW_PROPERTY)) if disk.nvme_export else None,
-                )
-            )
+            key = (id(disk), disk.file_path in files)
+            seen = last.get(key)
+            item = seen[1] if seen is not None and seen[0] is disk else self._disk(*key[1:], disk)
+            classified[key] = (disk, item)
+            if item is not None:
+                backed.add(item.path)
+                out.append(item)
+        self._classified = classified
         for path in sorted(files - backed):
             directory, _, name = path.rpartition("/")
             directory += "/"
@@ -128,6 +122,24 @@ class OrphanStore:
             ident = f"file:{directory}{original}"
             out.append(Stored(ident, f"file {path[1:]}", shown, slot, None, path, at))
         return out
+
+    def _disk(self, has_file: bool, disk: DiskInfo) -> Stored | None:
+        """The sweep's view of a disk; None when it is not the driver's."""
+        at, slot = _quarantined(disk.slot)
+        kind = self.store.scheme_kind(slot, disk.file_path)
+        if kind is None or disk.file_path is None:
+            return None
+        return Stored(
+            f"disk:{slot}",
+            f"disk {disk.slot}",
+            kind if has_file else "disk",
+            slot,
+            disk.slot,
+            disk.file_path,
+            at,
+            kind in EXPORTED_KINDS,
+            parse_allow_list(disk.raw.get(ALLOW_PROPERTY)) if disk.nvme_export else None,
+        )
 
     async def quarantine(self, item: Stored, at: float) -> Stored:
         """Rename into quarantine with the time `at` (wall seconds), export off."""

@@ -299,16 +299,86 @@ def _terse_entries(lines: list[str]) -> list[PrintEntry] | None:
     return out
 
 
+_UNREAD: Final = object()
+# A `print terse` item line with none of the characters other than LF that `str.splitlines`
+# (the error classifier's view) breaks lines at: every line of such a listing opens with its
+# index, and no device error line opens with a digit, so the listing holds no error.
+_TERSE_ITEM_LINE = re.compile(
+    r" {0,3}([0-9]+)[ \t]+(?:([A-Z*]+)[ \t]+)?(\S[^\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]*)"
+)
+
+
+class ListingMemo:
+    """The items of a listing's last reading, by line (less the item's index).
+
+    The sweep re-reads the same few listings (every disk, every file, every session) each
+    pass, and between passes they barely change: a line read before is not parsed again.
+    It holds one reading (what the last one did not list is dropped), and only for
+    `print terse` output, whose items are one line each; the converters it is used with
+    do not depend on an item's index.
+    """
+
+    __slots__ = ("hits", "items")
+
+    def __init__(self) -> None:
+        self.items: dict[str, object] = {}
+        self.hits = 0  # lines of the last reading not parsed again
+
+
+def _is_index(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _terse_converted(
+    lines: list[str], convert: Callable[[PrintEntry], T], memo: ListingMemo
+) -> list[T] | None:
+    """`_terse_entries` converted, each line read before taken from `memo`."""
+    last, fresh = memo.items, {}
+    out: list[T] = []
+    line_match = _TERSE_ITEM_LINE.fullmatch
+    hits = 0
+    for line in lines:
+        if not line:
+            continue
+        # The key: flags and fields, what follows the index (which moves as items come
+        # and go). A line whose key was read before needs only its index checked.
+        stripped = line.lstrip(" ")
+        index, _, key = stripped.partition(" ")
+        item = last.get(key, _UNREAD)
+        if item is not _UNREAD and _is_index(index) and len(line) - len(stripped) <= 3:
+            hits += 1
+            fresh[key] = item
+        else:
+            m = line_match(line)
+            if m is None:
+                return None
+            rest = m.group(3)
+            if rest.startswith(";;;") or _COLON_LINE.fullmatch(rest):
+                return None
+            fields = MappingProxyType(_kv_fields(rest))
+            item = convert(PrintEntry(int(m.group(1)), m.group(2) or "", fields))
+            if index == m.group(1):  # the key is all that follows the index
+                fresh[key] = item
+        out.append(item)  # type: ignore[arg-type]  # what `convert` made for this line
+    memo.items, memo.hits = fresh, hits
+    return out
+
+
 def _convert(
     output: str,
     command: Command | None,
     convert: Callable[[PrintEntry], T],
     checked: bool = False,
+    memo: ListingMemo | None = None,
 ) -> list[T]:
-    if not checked:
-        _raise_if_error(output, command)
     try:
         lines = _lines(output)
+        if memo is not None:
+            items = _terse_converted(lines, convert, memo)
+            if items is not None:
+                return items  # every line an item: no error line (see _TERSE_ITEM_LINE)
+        if not checked:
+            _raise_if_error(output, command)
         terse = _terse_entries(lines)
         if terse is not None:
             return [convert(entry) for entry in terse]
@@ -375,9 +445,22 @@ def _disk(entry: PrintEntry) -> DiskInfo:
     )
 
 
-def parse_disks(output: str, command: Command | None = None) -> list[DiskInfo]:
+def parse_disks(
+    output: str, command: Command | None = None, memo: ListingMemo | None = None
+) -> list[DiskInfo]:
     """Disks from ``/disk print detail`` output; [] when nothing matched."""
-    return _convert(output, command, _disk)
+    return _convert(output, command, _disk, memo=memo)
+
+
+def _name(entry: PrintEntry) -> str:
+    return entry.fields.get("name", "")
+
+
+def parse_names(
+    output: str, command: Command | None = None, memo: ListingMemo | None = None
+) -> list[str]:
+    """The ``name`` of each item ('' for an item without one)."""
+    return _convert(output, command, _name, memo=memo)
 
 
 def parse_disk(output: str, command: Command | None = None) -> DiskInfo | None:
@@ -609,7 +692,13 @@ def _table_rows(lines: list[str], header_at: int) -> list[dict[str, str]]:
     return rows
 
 
-def parse_nvme_connections(output: str, command: Command | None = None) -> list[NvmeConnection]:
+def _connection_of(entry: PrintEntry) -> NvmeConnection:
+    return _connection(entry.fields)
+
+
+def parse_nvme_connections(
+    output: str, command: Command | None = None, memo: ListingMemo | None = None
+) -> list[NvmeConnection]:
     """Connected hosts from ``/interface nvme-tcp connection print``; [] if none.
 
     Tolerates list/detail form, ``key: value`` form and a ``#  SLOT  NQN ...`` table.
@@ -626,4 +715,4 @@ def parse_nvme_connections(output: str, command: Command | None = None) -> list[
         stripped = line.strip(_BLANK)
         if stripped and not _LEGEND_START.match(stripped) and not _LEGEND_MORE.match(line):
             break  # the first item: a table's header would have come before it
-    return _convert(output, command, lambda entry: _connection(entry.fields), checked=True)
+    return _convert(output, command, _connection_of, checked=True, memo=memo)

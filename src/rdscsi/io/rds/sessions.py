@@ -10,8 +10,9 @@ caller has no evidence at all, never "no sessions".
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rdscsi.io.rds.errors import RDSError
 from rdscsi.io.rds.records import NvmeConnection
@@ -54,10 +55,26 @@ class SessionListing:
         )
 
 
+# Each store's last listing: sessions whose lines did not change are the same objects
+# (`ListingMemo`), and a listing made of the same sessions is not indexed again.
+_LAST: weakref.WeakKeyDictionary[VolumeStore, tuple[list[NvmeConnection], SessionListing]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def read_sessions(store: VolumeStore, now: float) -> SessionListing:
     """One listing of the appliance behind `store`; `SessionsUnavailable` when there is none."""
     try:
         sessions = await store.sessions()
     except RDSError as exc:
         raise SessionsUnavailable(f"session listing failed: {exc}") from exc
-    return SessionListing.of(now, sessions)
+    last = _LAST.get(store)
+    if last is not None and _same(last[0], sessions):
+        return replace(last[1], taken_at=now)
+    listing = SessionListing.of(now, sessions)
+    _LAST[store] = (sessions, listing)
+    return listing
+
+
+def _same(a: list[NvmeConnection], b: list[NvmeConnection]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))

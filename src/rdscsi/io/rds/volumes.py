@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from rdscsi.io.rds.commands import (
+    Command,
     CommandBuilder,
     validate_comment,
     validate_nqn,
@@ -70,11 +71,12 @@ from rdscsi.io.rds.errors import (
 )
 from rdscsi.io.rds.fence import ALLOW_PROPERTY, OPEN, AllowList, parse_allow_list
 from rdscsi.io.rds.parse import (
+    ListingMemo,
     parse_ack,
     parse_disk,
     parse_disks,
-    parse_entries,
     parse_files,
+    parse_names,
     parse_nvme_connections,
     parse_pool,
 )
@@ -253,6 +255,8 @@ class VolumeStore:
         self._vol_dir = self._b.validate_path_prefix(f"{base}/vol/", "volume dir")
         self._snap_dir = self._b.validate_path_prefix(f"{base}/snap/", "volume dir")
         self._terse: bool | None = None  # the device takes `print terse proplist=` (None: untried)
+        # The sweep's listings, by command: each keeps its last reading (`ListingMemo`).
+        self._memos: dict[str, ListingMemo] = {}
         validate_port(settings.nvme_port, "nvme port")
         validate_nqn(f"{settings.nqn_prefix}x", "nqn prefix")
 
@@ -406,7 +410,8 @@ class VolumeStore:
         if self._terse is not False:
             command = self._b.nvme_connections(terse=True)
             try:
-                listed = parse_nvme_connections(await self._conn.run(command), command)
+                output = await self._conn.run(command)
+                listed = parse_nvme_connections(output, command, self._memo(command))
             except CommandSyntaxError as exc:
                 self._refused_terse(exc)
             else:
@@ -518,7 +523,8 @@ class VolumeStore:
         if self._terse is not False:
             command = self._b.disk_inventory(prefix)
             try:
-                disks = parse_disks(await self._conn.run(command), command)
+                output = await self._conn.run(command)
+                disks = parse_disks(output, command, self._memo(command))
             except CommandSyntaxError as exc:
                 self._refused_terse(exc)
             else:
@@ -532,14 +538,18 @@ class VolumeStore:
         if self._terse is not False:
             command = self._b.file_inventory(path_prefix)
             try:
-                entries = parse_entries(await self._conn.run(command), command)
+                output = await self._conn.run(command)
+                names = parse_names(output, command, self._memo(command))
             except CommandSyntaxError as exc:
                 self._refused_terse(exc)
             else:
                 self._terse = True
-                return [e.fields["name"] for e in entries if e.fields.get("name")]
+                return [name for name in names if name]
         command = self._b.file_print_prefix(path_prefix)
         return [f.name for f in parse_files(await self._conn.run(command), command)]
+
+    def _memo(self, command: Command) -> ListingMemo:
+        return self._memos.setdefault(command.line, ListingMemo())
 
     def _refused_terse(self, exc: CommandSyntaxError) -> None:
         log.warning(
