@@ -123,6 +123,8 @@ async def test_the_sweep_finds_each_appliance_s_orphans_there_only(fenced_fleet:
         return Claims(frozenset({PVC_A, f"{B}:{PVC_B}", ORPHAN_B}), frozenset())
 
     app.audit.claims = claims
+    await settle(fleet, "sweep")  # found unclaimed once: suspected if the next sweep agrees
+    assert all(not app.audit[n].sweep.models for n in (A, B))  # type: ignore[union-attr]
     await settle(fleet, "sweep")
     suspected = {n: sorted(m.volume for m in app.audit[n].sweep.models.values()) for n in (A, B)}  # type: ignore[union-attr]
     assert suspected == {A: [ORPHAN_A], B: [ORPHAN_B]}

@@ -109,7 +109,10 @@ async def test_the_sweep_in_each_mode(world: World, mode: str) -> None:
     sidecars, ids = await setup(world, mode)
     app = world.replicas[POD].app
     disks0, files0 = state(world)
-    # the first sweep (the new term's): reported, nothing touched yet
+    # the first sweep (the new term's) finds them unclaimed once: nothing suspected yet (an
+    # object may be made a moment before its PV exists); the next one suspects them
+    assert world.events("OrphanSuspected") == []
+    await world.tick(EVERY, step=STEP)
     suspects = [
         f"volume disk {GONE}",
         f"copy disk {CLONE}",
@@ -184,3 +187,41 @@ async def test_the_sweep_in_each_mode(world: World, mode: str) -> None:
         4 if mode == "delete" else 0
     )
     assert app.audit.sweeps >= 3
+
+
+async def test_a_volume_whose_pv_comes_after_one_sweep_is_never_suspected(world: World) -> None:
+    """CreateVolume answered, the provisioner not yet done writing the PV (or it answered on
+    another replica): a sweep in between finds the volume unclaimed once, and only a volume
+    still unclaimed at the next sweep is suspected."""
+    late, never = FRESH, GONE
+    world.config_overrides = {
+        "orphans": "quarantine",
+        "orphan_min_age": MIN_AGE,
+        "sweep_interval": EVERY,
+        "lease_duration": 600.0,
+        "renew_deadline": 400.0,
+        "retry_period": STEP,
+    }
+    world.node("n1")
+    await world.replica(POD)
+    await world.elect(POD)
+    controller = world.replicas[POD].controller
+    for name in (late, never):
+        request = pb.CreateVolumeRequest(name=name, volume_capabilities=[mount_cap()])
+        await controller.CreateVolume(request)
+    audit = world.replicas[POD].app.audit
+
+    async def next_sweep() -> None:
+        done = audit.sweeps
+        while audit.sweeps == done:
+            await world.tick(STEP, step=STEP)
+
+    await next_sweep()  # both unclaimed
+    assert world.events("OrphanSuspected") == []
+    world.kube.put(k8s.pv(late, DRIVER, late, ("apps", late)))
+    await world.settle()  # the PV informer has it
+    await next_sweep()  # `late` is claimed now
+    assert reasons(world, "OrphanSuspected") == [f"volume disk {never}"]
+    await world.tick(MIN_AGE + EVERY, step=STEP)
+    disks, _ = state(world)
+    assert late in disks and never not in disks  # quarantined: the unclaimed one only

@@ -16,6 +16,10 @@ no VolumeSnapshotContents; an exported volume while the session listing is unava
 object is not judged at all this time: nothing is suspected on missing evidence. Halves of a
 pair are judged even then: nothing on the appliance can use them.
 
+An object is suspected only when two sweeps in a row find it unclaimed: a volume is on the
+appliance a moment before its PV exists, and the operation that made it may have run on
+another replica.
+
 Every decision is the machine's (`sweep`, told whether the object is claimed now); the sweep
 carries out the appliance side of a transition first (rename into quarantine, rename back,
 delete) and takes the transition once the appliance accepted it. `orphans: report` (the
@@ -71,6 +75,7 @@ class SweepReport:
     deleted: list[str]
     restored: list[str]
     unjudged: int = 0
+    settling: int = 0  # unclaimed for the first time: judged if the next sweep agrees
 
 
 Sessions = Callable[[], Awaitable[SessionListing | None]]
@@ -106,6 +111,11 @@ class OrphanSweep:
         self.appliance = appliance
         self.models: dict[str, OrphanModel] = {}  # Stored.ident -> its machine
         self.items: dict[str, Stored] = {}  # Stored.ident -> as last listed
+        # Found unclaimed by the last sweep, not yet suspected: an object is suspected only
+        # when two sweeps in a row find it unclaimed. A volume is on the appliance a moment
+        # before its PV exists (the provisioner writes it once CreateVolume answered, maybe
+        # on another replica, whose operation this one cannot see).
+        self._unclaimed_once: set[str] = set()
         # One counter for the fleet (`sweep_counter`), each appliance's sweeps under its label.
         self.sweeps = counter if counter is not None else sweep_counter(registry)
         self._completed = self.sweeps.labels(appliance, "completed")
@@ -172,11 +182,17 @@ class OrphanSweep:
         """One sweep over `items` (the appliance's inventory, just listed). `check` runs
         before every appliance command (leadership)."""
         report = SweepReport([], [], [], [])
+        before, self._unclaimed_once = self._unclaimed_once, set()
         try:
             seen: set[str] = set()
             for item in items:
                 seen.add(item.ident)
                 status = await self._status(item, claims, sessions)
+                new = item.ident not in self.models and item.quarantined_at is None
+                if status == UNCLAIMED and new and item.ident not in before:
+                    self._unclaimed_once.add(item.ident)
+                    report.settling += 1
+                    continue
                 await self._judge(item, status, check, report)
             for ident in [i for i in self.models if i not in seen]:
                 self._forget(ident)  # gone from the appliance by other means
@@ -252,6 +268,7 @@ class OrphanSweep:
         finds the quarantined objects by their names and suspects the rest afresh."""
         for ident in list(self.models):
             self._forget(ident)
+        self._unclaimed_once.clear()
 
     async def restore_claimed(self, claims: Claims, check: Callable[[], None]) -> list[str]:
         """Between sweeps: quarantined objects whose id is claimed now go back at once."""
