@@ -8,7 +8,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-stamp
 TEST_STAMP    := $(VENV)/.test-stamp
 HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: run test lint typecheck unit diagrams proto proto-check bench clean constraints sanity
+.PHONY: run test lint typecheck unit diagrams proto proto-check bench clean constraints sanity mutate
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
@@ -62,6 +62,12 @@ unit: $(TEST_STAMP)
 # (tests/sanity), and says why when it cannot.
 sanity: $(TEST_STAMP)
 	$(PY) -m tests.sanity.runner
+
+# Mutation testing (opt-in, hours): every mutant of machines/, hooks/ and control/ must fail
+# a test. MUTATE_ARGS narrows it, e.g. MUTATE_ARGS="--only machines/node.py -j 2".
+MUTATE_ARGS ?=
+mutate: $(TEST_STAMP)
+	$(PY) -m tests.mutation.run $(MUTATE_ARGS)
 
 bench: $(TEST_STAMP)
 	$(PY) bench/machines.py --json

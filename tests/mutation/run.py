@@ -215,12 +215,14 @@ class Workspace:
     def pytest(self, tests: Sequence[str], timeout: float) -> tuple[int | None, str]:
         return self._run([self.python, "-m", "pytest", *PYTEST_ARGS, *tests], timeout)
 
-    def run(self, m: Mutant, tests: Sequence[str], timeout: float) -> Result:
+    def run(
+        self, m: Mutant, tests: Sequence[str], timeout: float, regenerate: bool = True
+    ) -> Result:
         start = time.monotonic()
         target = self.tree / m.file
         original = target.read_bytes()
         specs = self.tree / "specs"
-        regen = m.file.startswith(REGENERATE_SPECS) and m.file not in NO_REGENERATE
+        regen = regenerate and m.file.startswith(REGENERATE_SPECS) and m.file not in NO_REGENERATE
         try:
             target.write_text(m.source)
             if regen:
@@ -251,20 +253,35 @@ def _since(start: float) -> float:
     return time.monotonic() - start
 
 
-def baseline(ws: Workspace, selections: Iterable[tuple[str, ...]]) -> dict[tuple[str, ...], float]:
-    """Every selected test passes on the unmutated tree (one run of them all); returns how
-    long each selection takes, from the per-test durations."""
+def baseline(
+    ws: Workspace, selections: Iterable[tuple[str, ...]]
+) -> tuple[dict[tuple[str, ...], float], list[str]]:
+    """Every selected test passes on the unmutated tree (one run of them all). Returns how
+    long each selection takes (from the per-test durations), and the tests that failed
+    there but passed when run again alone: flaky under load, so left out of the mutant runs
+    (a flaky failure would count a mutant killed that no test noticed)."""
     sels = list(selections)
     files = sorted({f for sel in sels for f in sel})
-    rc, text = ws.pytest([*files, "--durations=0", "--durations-min=0"], timeout=3600)
+    args = [*files, "--maxfail=1000000", "--durations=0", "--durations-min=0"]
+    rc, text = ws.pytest(args, timeout=3600)
+    flaky: list[str] = []
     if rc != 0:
-        tail = "\n".join(text.strip().splitlines()[-15:])
-        raise SystemExit(f"mutate: the unmutated tree fails its tests:\n{tail}")
+        failed = sorted(set(_FAILED.findall(text)))
+        if not failed:
+            tail = "\n".join(text.strip().splitlines()[-15:])
+            raise SystemExit(f"mutate: the unmutated tree fails its tests:\n{tail}")
+        for nodeid in failed:
+            again, out = ws.pytest([nodeid], timeout=600)
+            if again != 0:
+                tail = "\n".join(out.strip().splitlines()[-15:])
+                raise SystemExit(f"mutate: the unmutated tree fails {nodeid}:\n{tail}")
+            flaky.append(nodeid)
+            print(f"mutate: {nodeid} failed once and passed alone: left out", file=sys.stderr)
     per_file: Counter[str] = Counter()
     for secs, name in _DURATION.findall(text):
         per_file[name] += float(secs)
     startup = 5.0  # interpreter, imports, collection
-    return {sel: startup + sum(per_file[f] for f in sel) for sel in sels}
+    return {sel: startup + sum(per_file[f] for f in sel) for sel in sels}, flaky
 
 
 def run(
@@ -274,8 +291,11 @@ def run(
     tests: Callable[[Mutant], list[str]] | None = None,
     progress: Callable[[Result, int, int], None] | None = None,
     root: Path = ROOT,
+    regenerate: bool = True,
 ) -> list[Result]:
-    """Run each mutant against its tests; `jobs` workers, each with its own tree copy."""
+    """Run each mutant against its tests; `jobs` workers, each with its own tree copy.
+    `regenerate=False` skips writing `specs/` from machine mutants (for tests that do not
+    read them)."""
     pick = tests or (lambda m: tests_for(m.file, root))
     selections = {m.key: tuple(pick(m)) for m in mutants}
     spaces = [Workspace(root) for _ in range(max(1, min(jobs, len(mutants))))]
@@ -283,14 +303,16 @@ def run(
     lock = threading.Lock()
     results: list[Result] = []
     try:
-        times = baseline(spaces[0], sorted(set(selections.values())))
+        times, flaky = baseline(spaces[0], sorted(set(selections.values())))
+        deselect = [f"--deselect={nodeid}" for nodeid in flaky]
 
         def one(m: Mutant) -> Result:
             with lock:
                 ws = free.pop()
             try:
                 sel = selections[m.key]
-                return ws.run(m, sel, timeout=timeout_factor * times[sel] + 30.0)
+                timeout = timeout_factor * times[sel] + 30.0
+                return ws.run(m, (*sel, *deselect), timeout, regenerate)
             finally:
                 with lock:
                     free.append(ws)
@@ -375,6 +397,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--sample", type=int, default=0, metavar="N", help="run N random mutants")
     ap.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    ap.add_argument(
+        "--survivors-of",
+        type=Path,
+        metavar="LOG",
+        help="only the mutants that survived in this --log file (after adding tests)",
+    )
     ap.add_argument("-j", "--jobs", type=int, default=1, help="mutants run at once (default 1)")
     ap.add_argument(
         "--timeout-factor",
@@ -396,6 +424,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     mutants = all_mutants(ROOT, args.only)
     if args.operator:
         mutants = [m for m in mutants if m.operator in args.operator]
+    if args.survivors_of:
+        lines = args.survivors_of.read_text().splitlines()
+        keep = {d["key"] for d in map(json.loads, lines) if d["status"] == "survived"}
+        mutants = [m for m in mutants if m.key in keep]
     if args.sample:
         mutants = random.Random(args.seed).sample(mutants, min(args.sample, len(mutants)))
     mutants.sort(key=priority)  # stable: source order within a file
