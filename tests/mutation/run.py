@@ -199,6 +199,7 @@ class Workspace:
             argv,
             cwd=self.tree,
             env=self.env,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
