@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import random
@@ -172,7 +173,6 @@ class Result:
 
 
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.MULTILINE)
-_DURATION = re.compile(r"^\s*([0-9.]+)s (?:setup|call|teardown)\s+(\S+?)::", re.MULTILINE)
 
 
 class Workspace:
@@ -190,8 +190,12 @@ class Workspace:
             "PYTHONDONTWRITEBYTECODE": "1",  # a mutant never runs from a stale .pyc
             "HYPOTHESIS_PROFILE": "ci",
         }
+        self.live: set[subprocess.Popen[str]] = set()
 
     def close(self) -> None:
+        for proc in list(self.live):  # interrupted: end what runs in the copy, then drop it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _run(self, argv: Sequence[str], timeout: float) -> tuple[int | None, str]:
@@ -205,6 +209,7 @@ class Workspace:
             text=True,
             start_new_session=True,  # a hang is killed with everything it started
         )
+        self.live.add(proc)
         try:
             out, _ = proc.communicate(timeout=timeout)
             return proc.returncode, out
@@ -212,6 +217,8 @@ class Workspace:
             os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
             return None, out
+        finally:
+            self.live.discard(proc)
 
     def pytest(self, tests: Sequence[str], timeout: float) -> tuple[int | None, str]:
         return self._run([self.python, "-m", "pytest", *PYTEST_ARGS, *tests], timeout)
@@ -257,20 +264,24 @@ def _since(start: float) -> float:
 def baseline(
     ws: Workspace, selections: Iterable[tuple[str, ...]]
 ) -> tuple[dict[tuple[str, ...], float], list[str]]:
-    """Every selected test passes on the unmutated tree (one run of them all). Returns how
-    long each selection takes (from the per-test durations), and the tests that failed
-    there but passed when run again alone: flaky under load, so left out of the mutant runs
-    (a flaky failure would count a mutant killed that no test noticed)."""
+    """Every selected test passes on the unmutated tree (each file in its own run, so one
+    test's failure cannot hang the next). Returns how long each selection takes, and the
+    tests that failed there but passed when run again alone: flaky under load, so left out
+    of the mutant runs (a flaky failure would count a mutant killed that no test noticed)."""
     sels = list(selections)
-    files = sorted({f for sel in sels for f in sel})
-    args = [*files, "--maxfail=1000000", "--durations=0", "--durations-min=0"]
-    rc, text = ws.pytest(args, timeout=3600)
+    per_file: dict[str, float] = {}
     flaky: list[str] = []
-    if rc != 0:
-        failed = sorted(set(_FAILED.findall(text)))
+    for f in sorted({f for sel in sels for f in sel}):
+        start = time.monotonic()
+        rc, text = ws.pytest([f, "--maxfail=1000000"], timeout=1800)
+        per_file[f] = time.monotonic() - start
+        if rc == 0:
+            continue
+        failed = sorted(set(_FAILED.findall(text))) if rc is not None else []
         if not failed:
             tail = "\n".join(text.strip().splitlines()[-15:])
-            raise SystemExit(f"mutate: the unmutated tree fails its tests:\n{tail}")
+            why = "hangs" if rc is None else "fails"
+            raise SystemExit(f"mutate: the unmutated tree {why} in {f}:\n{tail}")
         for nodeid in failed:
             again, out = ws.pytest([nodeid], timeout=600)
             if again != 0:
@@ -278,11 +289,7 @@ def baseline(
                 raise SystemExit(f"mutate: the unmutated tree fails {nodeid}:\n{tail}")
             flaky.append(nodeid)
             print(f"mutate: {nodeid} failed once and passed alone: left out", file=sys.stderr)
-    per_file: Counter[str] = Counter()
-    for secs, name in _DURATION.findall(text):
-        per_file[name] += float(secs)
-    startup = 5.0  # interpreter, imports, collection
-    return {sel: startup + sum(per_file[f] for f in sel) for sel in sels}, flaky
+    return {sel: sum(per_file[f] for f in sel) for sel in sels}, flaky
 
 
 def run(
@@ -420,8 +427,13 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds: the tree copies are removed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)
     mutants = all_mutants(ROOT, args.only)
     if args.operator:
         mutants = [m for m in mutants if m.operator in args.operator]
