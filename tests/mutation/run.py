@@ -175,6 +175,9 @@ class Result:
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.MULTILINE)
 
 
+_SPACES: list[Workspace] = []  # every live copy, for a SIGTERM to stop
+
+
 class Workspace:
     """A private copy of the tree that one worker writes its mutants into."""
 
@@ -191,12 +194,19 @@ class Workspace:
             "HYPOTHESIS_PROFILE": "ci",
         }
         self.live: set[subprocess.Popen[str]] = set()
+        _SPACES.append(self)
 
-    def close(self) -> None:
-        for proc in list(self.live):  # interrupted: end what runs in the copy, then drop it
+    def stop(self) -> None:
+        """End what runs in the copy (interrupted)."""
+        for proc in list(self.live):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+        with contextlib.suppress(ValueError):
+            _SPACES.remove(self)
 
     def _run(self, argv: Sequence[str], timeout: float) -> tuple[int | None, str]:
         proc = subprocess.Popen(
@@ -428,6 +438,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _stop(signum: int, frame: object) -> None:
+    for ws in list(_SPACES):
+        ws.stop()
     raise SystemExit(128 + signum)  # unwinds: the tree copies are removed
 
 
