@@ -281,10 +281,14 @@ def baseline(
     sels = list(selections)
     per_file: dict[str, float] = {}
     flaky: list[str] = []
-    for f in sorted({f for sel in sels for f in sel}):
+    groups: dict[str, list[str]] = {}  # test ids of one file run together
+    for entry in sorted({e for sel in sels for e in sel}):
+        groups.setdefault(entry.split("::")[0], []).append(entry)
+    for f, entries in groups.items():
         start = time.monotonic()
-        rc, text = ws.pytest([f, "--maxfail=1000000"], timeout=1800)
-        per_file[f] = time.monotonic() - start
+        rc, text = ws.pytest([*entries, "--maxfail=1000000"], timeout=1800)
+        for entry in entries:
+            per_file[entry] = time.monotonic() - start
         if rc == 0:
             continue
         failed = sorted(set(_FAILED.findall(text))) if rc is not None else []
