@@ -217,7 +217,7 @@ class Workspace:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            start_new_session=True,  # a hang is killed with everything it started
+            process_group=0,  # a hang is killed with everything it started
         )
         self.live.add(proc)
         try:
