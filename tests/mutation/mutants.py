@@ -12,7 +12,8 @@ Operators:
 - `drop-guard`, `negate-guard`: a `cond=`/`unless=`/`validators=` (or one name in its list)
   removed, or moved to the opposite kind (`cond` <-> `unless`).
 - `drop-hook`: an `on=`/`after=`/`before=`/`enter=`/`exit=` (or one name in its list) removed.
-- `state-flag`: `initial=`/`final=` removed from a `State(...)`.
+- `state-flag`: `initial=`/`final=` removed from a `State(...)` (not `initial=` from the
+  first state: python-statemachine makes the first state initial anyway).
 - `drop-action-stmt`: one statement of a machine's action (a method named by `on=` ...).
 - `drop-conjunct`: one operand of an `and`/`or` in a machine's guard method.
 - `empty-listener`: a hook listener method's body (after its docstring) becomes `pass`.
@@ -300,6 +301,8 @@ def _machine_mutants(g: _Gen, cls: ast.ClassDef) -> tuple[set[str], set[str]]:
         ):
             states.append(stmt.targets[0].id)
             for kw in stmt.value.keywords:
+                if kw.arg == "initial" and len(states) == 1:
+                    continue  # the library makes the first state initial anyway: equivalent
                 if kw.arg in STATE_FLAGS:
                     rest = [_kw_text(t, k) for k in stmt.value.keywords if k is not kw]
                     g.replace(

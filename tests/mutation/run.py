@@ -248,7 +248,9 @@ class Workspace:
                     [self.python, "-m", "rdscsi.cli", "diagrams", "--out", str(specs)], timeout
                 )
                 if rc != 0:
-                    return Result(m, "killed", "specs (rdscsi diagrams refused)", _since(start))
+                    last = (out.strip().splitlines() or ["?"])[-1][:160]
+                    what = "import fails" if "Traceback" in out else "rdscsi diagrams refuses"
+                    return Result(m, "killed", f"{what}: {last}", _since(start))
             rc, out = self.pytest(tests, timeout)
         finally:
             target.write_bytes(original)
@@ -309,15 +311,16 @@ def baseline(
 def run(
     mutants: Sequence[Mutant],
     jobs: int = 1,
-    timeout_factor: float = 3.0,
+    timeout_factor: float = 10.0,
     tests: Callable[[Mutant], list[str]] | None = None,
     progress: Callable[[Result, int, int], None] | None = None,
     root: Path = ROOT,
     regenerate: bool = True,
+    cache: Path | None = None,
 ) -> list[Result]:
     """Run each mutant against its tests; `jobs` workers, each with its own tree copy.
     `regenerate=False` skips writing `specs/` from machine mutants (for tests that do not
-    read them)."""
+    read them). `cache`: a file keeping the baseline between resumed runs."""
     pick = tests or (lambda m: tests_for(m.file, root))
     selections = {m.key: tuple(pick(m)) for m in mutants}
     spaces = [Workspace(root) for _ in range(max(1, min(jobs, len(mutants))))]
@@ -325,7 +328,16 @@ def run(
     lock = threading.Lock()
     results: list[Result] = []
     try:
-        times, flaky = baseline(spaces[0], sorted(set(selections.values())))
+        wanted = sorted(set(selections.values()))
+        kept = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
+        if kept and all(" ".join(sel) in kept["times"] for sel in wanted):
+            times = {sel: float(kept["times"][" ".join(sel)]) for sel in wanted}
+            flaky = list(kept["flaky"])
+        else:
+            times, flaky = baseline(spaces[0], wanted)
+            if cache is not None:
+                saved = {"times": {" ".join(k): v for k, v in times.items()}, "flaky": flaky}
+                cache.write_text(json.dumps(saved))
         deselect = [f"--deselect={nodeid}" for nodeid in flaky]
 
         def one(m: Mutant) -> Result:
@@ -333,19 +345,22 @@ def run(
                 ws = free.pop()
             try:
                 sel = selections[m.key]
-                timeout = timeout_factor * times[sel] + 30.0
+                timeout = timeout_factor * times[sel] + 60.0
                 return ws.run(m, (*sel, *deselect), timeout, regenerate)
             finally:
                 with lock:
                     free.append(ws)
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=len(spaces)) as pool:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(spaces))
+        try:
             futures = [pool.submit(one, m) for m in mutants]
             for fut in concurrent.futures.as_completed(futures):
                 r = fut.result()
                 results.append(r)
                 if progress is not None:
                     progress(r, len(results), len(mutants))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # interrupted: none queued runs
     finally:
         for ws in spaces:
             ws.close()
@@ -376,7 +391,9 @@ def report(results: Sequence[Result], allowed: dict[str, str]) -> dict[str, obje
         "kill_rate": round(100.0 * killed / scored, 2) if scored else None,
         "by_operator": {k: dict(v) for k, v in sorted(by_op.items())},
         "by_file": {k: dict(v) for k, v in sorted(by_file.items())},
-        "killed_by_exporter": sum(r.killer.startswith("specs") for r in judged),
+        "killed_at_import": sum(r.killer.startswith("import fails") for r in judged),
+        "killed_by_exporter": sum(r.killer.startswith("rdscsi diagrams") for r in judged),
+        "killed_by_timeout": sum(r.killer == "timeout" for r in judged),
         "survivors": [r.as_dict() for r in survived],
         "errors_list": [r.as_dict() for r in errors],
         "equivalent_list": [{**r.as_dict(), "reason": allowed[r.mutant.key]} for r in equivalent],
@@ -429,8 +446,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--timeout-factor",
         type=float,
-        default=3.0,
-        help="a mutant's timeout: this times the unmutated run of its tests, plus 30 s",
+        default=10.0,
+        help="a mutant's timeout: this times the unmutated run of its tests, plus 60 s "
+        "(generous: a loaded machine must not pass for a hang)",
     )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--list", action="store_true", help="list the mutants, run nothing")
@@ -492,7 +510,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
     try:
-        results = run(mutants, args.jobs, args.timeout_factor, progress=progress) if mutants else []
+        cache = args.log.with_suffix(".baseline.json") if args.log else None
+        results = (
+            run(mutants, args.jobs, args.timeout_factor, progress=progress, cache=cache)
+            if mutants
+            else []
+        )
     finally:
         if log_file is not None:
             log_file.close()
