@@ -434,7 +434,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--operator", action="append", default=[], choices=OPERATORS, help="only this operator"
     )
-    ap.add_argument("--sample", type=int, default=0, metavar="N", help="run N random mutants")
+    ap.add_argument(
+        "--sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N mutants picked at random, in random order (N >= all: everything, shuffled)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of --sample")
     ap.add_argument(
         "--survivors-of",
@@ -475,9 +481,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines = args.survivors_of.read_text().splitlines()
         keep = {d["key"] for d in map(json.loads, lines) if d["status"] == "survived"}
         mutants = [m for m in mutants if m.key in keep]
-    if args.sample:
+    if args.sample:  # in random order: a partial run is a fair sample of the whole
         mutants = random.Random(args.seed).sample(mutants, min(args.sample, len(mutants)))
-    mutants.sort(key=priority)  # stable: source order within a file
+    else:
+        mutants.sort(key=priority)  # stable: source order within a file
     if args.list:
         for m in mutants:
             print(f"{m.file}:{m.line} {m.operator}: {m.description}\n    + {m.mutated}")
