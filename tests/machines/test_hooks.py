@@ -59,6 +59,8 @@ def test_reconnect_metrics_and_events() -> None:
             rig.clock.advance(conn.delay)
         eng.send(conn, event, ConnInput(now=now()))
     assert [e.reason for e in rig.sink.events] == ["RDSDisconnected", "RDSReconnected"]
+    # the outage is told in the event, measured from the loss (1 s of backoff here)
+    assert rig.sink.events[-1].note == "RDS rds-a:22: reconnected after 1.0s"
     on = {"appliance": "rds-a:22"}  # a connection without a fleet name is known by address
     assert rig.sample("rds_csi_rds_reconnect_total", {**on, "status": "success"}) == 1
     assert rig.sample("rds_csi_rds_reconnect_total", {**on, "status": "failure"}) == 1

@@ -120,3 +120,22 @@ def test_every_engine_of_the_driver_records() -> None:
     assert [e.reason for e in m.recorder.history("node", "n1")] == ["Ready"]
     assert len(m.recorder.history("attachment", "pvc-9")) == 1
     assert m.attachment.listeners[0] is m.recorder  # first: on record even if a hook fails
+
+
+def test_a_ring_grows_by_doubling_to_the_depth_and_no_further() -> None:
+    """The memory bound (`bench/machines.py` recorder_10k_mb) rests on this: an object
+    with few transitions keeps a small ring; a busy one, exactly `depth` records of two
+    slots and three floats each, however long it runs."""
+    clock, rec = ManualClock(), FlightRecorder()
+    eng = engine(rec, clock)
+    m = eng.track(AttachmentModel("pvc-1"))
+    sizes = []
+    for i in range(DEPTH + 5):
+        clock.advance(1.0)
+        eng.send(m, "publish" if i % 2 == 0 else "unpublish", AttachInput(node="n1"))
+        h = rec._histories["attachment"]["pvc-1"]
+        assert len(h.items) == 2 * h.capacity and len(h.data) == 3 * h.capacity
+        sizes.append(h.capacity)
+    assert sizes[:5] == [2, 2, 4, 4, 8]
+    assert sizes[-1] == DEPTH and max(sizes) == DEPTH
+    assert len(rec.history("attachment", "pvc-1")) == DEPTH
