@@ -304,12 +304,12 @@ def _machine_mutants(g: _Gen, cls: ast.ClassDef) -> tuple[set[str], set[str]]:
                 if kw.arg == "initial" and len(states) == 1:
                     continue  # the library makes the first state initial anyway: equivalent
                 if kw.arg in STATE_FLAGS:
-                    rest = [_kw_text(t, k) for k in stmt.value.keywords if k is not kw]
+                    kept = [_kw_text(t, k) for k in stmt.value.keywords if k is not kw]
                     g.replace(
                         "state-flag",
                         f"{stmt.targets[0].id}: drop {kw.arg}=",
                         stmt.value,
-                        _call_text(t, stmt.value, rest),
+                        _call_text(t, stmt.value, kept),
                     )
     actions: set[str] = set()
     guards: set[str] = set()
@@ -333,12 +333,12 @@ def _machine_mutants(g: _Gen, cls: ast.ClassDef) -> tuple[set[str], set[str]]:
                 if s != target:
                     g.replace("retarget", f"{where}: target {s}", call.args[0], s)
             if len(terms) > 1:
-                kept = [t.seg(c) for c in terms if c is not call]
+                others_text = [t.seg(c) for c in terms if c is not call]
                 g.replace(
                     "delete-transition",
                     where,
                     stmt.value,
-                    "(" + " | ".join(kept) + ")",
+                    "(" + " | ".join(others_text) + ")",
                     "(removed)",
                     call,
                 )

@@ -496,9 +496,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         by_key = {m.key: m for m in mutants}
         for line in args.log.read_text().splitlines():
             d = json.loads(line)
-            m = by_key.pop(str(d["key"]), None)
-            if m is not None:
-                previous.append(Result(m, str(d["status"]), str(d["killer"]), float(d["seconds"])))
+            done = by_key.pop(str(d["key"]), None)
+            if done is not None:
+                status, killer = str(d["status"]), str(d["killer"])
+                previous.append(Result(done, status, killer, float(d["seconds"])))
         mutants = [m for m in mutants if m.key in by_key]
     log_file = args.log.open("a") if args.log else None
 
