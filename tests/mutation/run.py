@@ -4,8 +4,9 @@
 
 Each mutant (`tests.mutation.mutants`) is written into a private copy of the tree (never
 into the sources here, so an interrupted run leaves nothing behind) and the tests of the
-module it changes run against it: `-x -q -p no:cacheprovider`, hypothesis profile `ci`, a
-timeout per mutant (a hang counts as killed). A mutant of a machine is judged as a
+module it changes run against it: `-x -q -p no:cacheprovider`, hypothesis profile `ci`
+without its shrink phase (`noshrink.py`), a timeout per mutant (a hang counts as killed); a
+kill is confirmed by the failing test failing again alone (else the selection runs again). A mutant of a machine is judged as a
 developer would make the change: `specs/` are regenerated from the mutant first, so the
 committed-specs drift check is never what notices it (a guard the exporter refuses does
 count). Killed: a test failed, errored or hung. Survived: every selected test passed.
@@ -41,7 +42,17 @@ ALLOW_LIST = Path(__file__).with_name("equivalent.txt")
 COPY_IGNORE = shutil.ignore_patterns(
     ".git", ".venv", ".hypothesis", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__"
 )
-PYTEST_ARGS = ("-x", "-q", "-p", "no:cacheprovider", "--no-header", "-o", "addopts=-rfE")
+PYTEST_ARGS = (
+    "-x",
+    "-q",
+    "-p",
+    "no:cacheprovider",
+    "-p",
+    "tests.mutation.noshrink",  # the `ci` profile, minus shrinking: a failure is enough
+    "--no-header",
+    "-o",
+    "addopts=-rfE",
+)
 
 _M = "tests/machines/"
 # Module -> the tests that exercise it, most telling and quickest first (pytest runs them in
