@@ -5,11 +5,12 @@
 Each mutant (`tests.mutation.mutants`) is written into a private copy of the tree (never
 into the sources here, so an interrupted run leaves nothing behind) and the tests of the
 module it changes run against it: `-x -q -p no:cacheprovider`, hypothesis profile `ci`
-without its shrink phase (`noshrink.py`), a timeout per mutant (a hang counts as killed); a
-kill is confirmed by the failing test failing again alone (else the selection runs again). A mutant of a machine is judged as a
-developer would make the change: `specs/` are regenerated from the mutant first, so the
-committed-specs drift check is never what notices it (a guard the exporter refuses does
-count). Killed: a test failed, errored or hung. Survived: every selected test passed.
+without its shrink phase (`noshrink.py`), a timeout per mutant (a hang counts as killed).
+A kill is confirmed: the failing test must fail again alone, else the selection runs again.
+A mutant of a machine is judged as a developer would make the change: `specs/` are
+regenerated from the mutant first, so the committed-specs drift check is never what notices
+it (a guard the exporter refuses does count). Killed: a test failed, errored or hung.
+Survived: every selected test passed.
 
 The allow-list (`equivalent.txt`, one `key  # reason` a line) names mutants proven
 equivalent: they are reported apart and left out of the kill rate.
