@@ -27,7 +27,7 @@ from pathlib import Path
 from kubernetes.aio.client import ApiClient
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
-from .appliances import Appliance, Appliances, Unresolved
+from .appliances import Appliance, Appliances, ApplianceTasks, Unresolved
 from .clock import Clock, TimerHandle
 from .config import ApplianceConfig, DriverConfig
 from .control.audit import ApplianceAudit, FleetAudit
@@ -91,15 +91,12 @@ class PoolRefresh:
         self.appliances = appliances
         self.gauge = gauge
         self.check = check  # leadership, before every command
-        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.tasks = ApplianceTasks()
 
     def start(self) -> None:
         for appliance in self.appliances:
-            running = self.tasks.get(appliance.name)
-            if appliance.rds.connected and (running is None or running.done()):
-                self.tasks[appliance.name] = asyncio.get_running_loop().create_task(
-                    self._read(appliance), name=f"pool-{appliance.name}"
-                )
+            if appliance.rds.connected and not self.tasks.busy(appliance.name):
+                self.tasks.start(appliance.name, "pool", self._read(appliance))
 
     async def _read(self, appliance: Appliance) -> None:
         try:
@@ -115,14 +112,10 @@ class PoolRefresh:
 
     async def wait(self) -> None:
         """Until the reads under way have finished (tests, and a clean stop)."""
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self.tasks.wait()
 
     async def stop(self) -> None:
-        tasks = [t for t in self.tasks.values() if not t.done()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self.tasks.clear()
+        await self.tasks.stop()
 
 
 @dataclass

@@ -9,14 +9,47 @@ placement: `rdscsi.csi.topology`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import asyncio
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from .csi.naming import split_id, with_appliance
 from .csi.topology import Layout
 from .io.rds.connection import RDSConnection
 from .io.rds.errors import MisconfiguredError
 from .io.rds.volumes import VolumeStore
+
+T = TypeVar("T")
+
+
+class ApplianceTasks:
+    """Work per appliance in a task of its own, at most one per appliance at a time: a slow
+    or hung appliance holds up its own work only. Awaited (tests, a clean stop) or
+    cancelled together."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+
+    def busy(self, name: str) -> bool:
+        task = self._tasks.get(name)
+        return task is not None and not task.done()
+
+    def start(self, name: str, kind: str, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(work, name=f"{kind}-{name}")
+        self._tasks[name] = task
+        return task
+
+    async def wait(self) -> None:
+        """Until the work under way has finished."""
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def stop(self) -> None:
+        tasks = [t for t in self._tasks.values() if not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
 
 
 @dataclass

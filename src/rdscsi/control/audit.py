@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..appliances import ApplianceTasks
 from ..io.rds.errors import NotFoundError
 from ..io.rds.orphans import OrphanStore, Stored
 from ..io.rds.sessions import SessionListing, SessionsUnavailable, read_sessions
@@ -267,7 +268,7 @@ class FleetAudit:
         self.audits = {a.name: a for a in audits}
         self.trigger = trigger
         self.wait_s = WAIT_S
-        self.tasks: dict[str, asyncio.Task[object]] = {}
+        self.tasks = ApplianceTasks()
         self.late: dict[str, SessionEvidence] = {}  # listings done after their pass
         self.failed: list[BaseException] = []  # background work that failed, raised next pass
 
@@ -294,8 +295,7 @@ class FleetAudit:
         """Connected appliances with no work of theirs still running."""
         out = []
         for audit in self:
-            task = self.tasks.get(audit.name)
-            if audit.appliance.rds.connected and (task is None or task.done()):
+            if audit.appliance.rds.connected and not self.tasks.busy(audit.name):
                 out.append(audit)
         return out
 
@@ -322,14 +322,13 @@ class FleetAudit:
     ) -> dict[str, object]:
         """Each appliance's `work` in its own task; their results, of those done within
         `wait_s`. The first failure among them is raised once all are done or waited for."""
-        loop = asyncio.get_running_loop()
         started: dict[str, asyncio.Task[object]] = {}
         for name, fn in work.items():
 
             async def one(fn: Callable[[], Awaitable[object]] = fn) -> object:
                 return await fn()
 
-            started[name] = self.tasks[name] = loop.create_task(one(), name=f"{kind}-{name}")
+            started[name] = self.tasks.start(name, kind, one())
         if started:
             await asyncio.wait(started.values(), timeout=self.wait_s)
         results: dict[str, object] = {}
@@ -398,11 +397,7 @@ class FleetAudit:
 
     async def wait(self) -> None:
         """Until every appliance's work under way is done (tests, and a clean stop)."""
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self.tasks.wait()
 
     async def stop(self) -> None:
-        tasks = [t for t in self.tasks.values() if not t.done()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self.tasks.clear()
+        await self.tasks.stop()
