@@ -1,6 +1,6 @@
 """A small `kustomize build` for the tests: exactly the features deploy/ uses, anything else
 refused, and checked against the real `kubectl kustomize` wherever kubectl is installed
-(tests/deploy/test_kustomize.py), so CI without kubectl still renders what a cluster gets.
+(tests/deploy/test_manifests.py), so CI without kubectl still renders what a cluster gets.
 
 Covered: resources (files and directories, i.e. bases), namespace, images (newName, newTag,
 digest), configMapGenerator / secretGenerator (files, `key=path`, type, options.labels,
