@@ -10,7 +10,7 @@ import grpc
 from ..csi import csi_pb2 as pb
 from ..testing.sidecars import mount_cap
 from .cluster import GIB, Cluster
-from .steps import Undo, attach, provision, published_on, use, write_file
+from .steps import Undo, pod_writes, published_on
 
 ABOUT = (
     "The appliance restarts while a volume is attached and in use. The controller's "
@@ -22,21 +22,11 @@ ABOUT = (
 
 async def run(c: Cluster, undo: Undo) -> None:
     n = c.narrator
-    a = c.nodes.get("node-a")
     app = c.ctl.app
     link = app.rds.model.key
 
     n.step("A pod on node-a uses the volume")
-    vol = await provision(c, undo, "data")
-    await attach(c, undo, vol, "node-a")
-    text = f"written on node-a by rdscsi demo {uuid.uuid4()}\n"
-    if a is not None:
-        target = await use(c, undo, vol, a)
-        write_file(target / "data.txt", text)
-        n.ok(f"the pod on node-a wrote data.txt ({len(text)} bytes) and synced it")
-    else:
-        n.note("no node plugins: no stage, no mount, no data written (see above)")
-    await c.events()
+    vol, text, target = await pod_writes(c, undo)
 
     n.step("The appliance restarts")
     await app.reconciler.wait_idle()
@@ -79,7 +69,7 @@ async def run(c: Cluster, undo: Undo) -> None:
     where = await published_on(c, vol)
     n.expect(where == ["node-a"], f"ControllerGetVolume: published on {where}, not node-a")
     n.ok("ControllerGetVolume: published on node-a, as before; the attachment never moved")
-    if a is not None:
+    if target is not None:
         got = (target / "data.txt").read_text()
         n.expect(got == text, f"node-a reads {got!r}, it wrote {text!r}")
         n.ok("the pod on node-a reads data.txt back")

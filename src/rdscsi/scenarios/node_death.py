@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-import uuid
 
 import grpc
 
 from .cluster import APPS, OUT_OF_SERVICE, Cluster
-from .steps import Undo, attach, powered_off, provision, published_on, use, write_file
+from .steps import Undo, attach, pod_writes, powered_off, published_on, use
 
 ABOUT = (
     "A pod on node-a writes to its volume, then node-a dies. Nobody removes a finalizer or a "
@@ -26,16 +25,7 @@ async def run(c: Cluster, undo: Undo) -> None:
     a, b = c.nodes.get("node-a"), c.nodes.get("node-b")
 
     n.step("A pod on node-a uses the volume")
-    vol = await provision(c, undo, "data")
-    await attach(c, undo, vol, "node-a")
-    text = f"written on node-a by rdscsi demo {uuid.uuid4()}\n"
-    if a is not None:
-        target = await use(c, undo, vol, a)
-        write_file(target / "data.txt", text)
-        n.ok(f"the pod on node-a wrote data.txt ({len(text)} bytes) and synced it")
-    else:
-        n.note("no node plugins: no stage, no mount, no data written (see above)")
-    await c.events()
+    vol, text, _ = await pod_writes(c, undo)
 
     n.step("node-a stops answering: Kubernetes marks it NotReady")
     # A Ready condition's lastTransitionTime has whole seconds: from the next one, the

@@ -205,6 +205,25 @@ def short_path(c: Cluster, path: Path) -> str:
     return "/".join(parts)
 
 
+async def pod_writes(c: Cluster, undo: Undo) -> tuple[Vol, str, Path | None]:
+    """The file scenarios' opening: a volume provisioned, attached to node-a and mounted in a
+    pod there, which writes data.txt. The volume, the text written, and the mount (None
+    without node plugins: nothing is written then)."""
+    vol = await provision(c, undo, "data")
+    await attach(c, undo, vol, "node-a")
+    text = f"written on node-a by rdscsi demo {uuid.uuid4()}\n"
+    node = c.nodes.get("node-a")
+    target = None
+    if node is not None:
+        target = await use(c, undo, vol, node)
+        write_file(target / "data.txt", text)
+        c.narrator.ok(f"the pod on node-a wrote data.txt ({len(text)} bytes) and synced it")
+    else:
+        c.narrator.note("no node plugins: no stage, no mount, no data written (see above)")
+    await c.events()
+    return vol, text, target
+
+
 # --- data -------------------------------------------------------------------------------
 
 
