@@ -94,6 +94,11 @@ def _create(name: str, size: int = 1 << 30) -> pb.CreateVolumeRequest:
     )
 
 
+def run_args(state: Path, port: int, *more: str) -> list[str]:
+    """`rdscsi run` on its own state directory and metrics port."""
+    return ["run", "--state-dir", str(state), "--metrics-address", f"127.0.0.1:{port}", *more]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -140,17 +145,7 @@ class Running:
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     state = tmp_path_factory.mktemp("cli") / "state"
     port = free_port()
-    proc = Proc(
-        [
-            "run",
-            "--state-dir",
-            str(state),
-            "--metrics-address",
-            f"127.0.0.1:{port}",
-            "--node-id",
-            "local",
-        ]
-    )
+    proc = Proc(run_args(state, port, "--node-id", "local"))
     try:
         proc.wait_for("Ctrl-C to stop")
         yield Running(proc, state, port)
@@ -224,17 +219,7 @@ def test_run_with_several_appliances_runs_a_simulator_for_each(tmp_path: Path) -
     appliance; dropping one leaves the others connected."""
     state = tmp_path / "s"
     port = free_port()
-    proc = Proc(
-        [
-            "run",
-            "--state-dir",
-            str(state),
-            "--metrics-address",
-            f"127.0.0.1:{port}",
-            "--appliances",
-            "3",
-        ]
-    )
+    proc = Proc(run_args(state, port, "--appliances", "3"))
     try:
         proc.wait_for("Ctrl-C to stop")
         proc.wait_for("connecting --succeeded--> connected", count=3)

@@ -17,7 +17,7 @@ import pytest
 from rdscsi.csi import csi_pb2 as pb
 from rdscsi.csi import csi_pb2_grpc
 
-from .test_commands import Proc, Running, _create, free_port, rdscsi
+from .test_commands import Proc, Running, _create, free_port, rdscsi, run_args
 
 PVC = "pvc-00000000-0000-4000-8000-0000000000e1"
 
@@ -26,19 +26,7 @@ PVC = "pvc-00000000-0000-4000-8000-0000000000e1"
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     state = tmp_path_factory.mktemp("explain") / "state"
     port = free_port()
-    proc = Proc(
-        [
-            "run",
-            "--state-dir",
-            str(state),
-            "--metrics-address",
-            f"127.0.0.1:{port}",
-            "--node-id",
-            "local",
-            "--appliances",
-            "2",
-        ]
-    )
+    proc = Proc(run_args(state, port, "--node-id", "local", "--appliances", "2"))
     try:
         proc.wait_for("Ctrl-C to stop")
         proc.wait_for("connecting --succeeded--> connected", count=2)  # both answer
