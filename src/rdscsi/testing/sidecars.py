@@ -107,6 +107,13 @@ class SidecarActions(ABC):
                 self.calls.append((kind, pod, rpc))
                 try:
                     return await fn(stub)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # this sidecar is being stopped
+                    # The channel was closed under the call (another call's reconnect after
+                    # the driver restarted): a lost connection, which sidecars retry.
+                    last = f"{pod}: the connection closed during the call"
                 except grpc.aio.AioRpcError as err:
                     if err.code() not in RETRIED:
                         raise
